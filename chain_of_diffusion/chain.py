@@ -1,0 +1,259 @@
+"""The orchestrator: loops over generations, runs each stage once, skips what is finished.
+
+It never touches tensors: stages exchange image sets and checkpoints through the run directory
+(see :mod:`runs`), which is what makes a killed chain resumable by re-running the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
+from chain_of_diffusion.runs import STAGES, RunDir, RunDirError, atomic_write_json, atomic_write_text, read_json
+
+log = logging.getLogger("chain_of_diffusion")
+
+ONCE_STAGES = ("real", "reference")
+
+
+class LaunchError(RuntimeError):
+    """The processes were launched in a way that cannot work (one line for the terminal)."""
+
+
+@dataclass
+class ChainResult:
+    output_dir: Path
+    metrics: list[dict] = field(default_factory=list)
+    ran_stages: list[str] = field(default_factory=list)
+
+
+def planned_stages(cfg: ChainConfig, run: Optional[RunDir] = None) -> list[tuple[str, bool]]:
+    """Every stage of the chain in order, with whether it is already finished on disk."""
+    plan = []
+    for stage in ONCE_STAGES:
+        plan.append((stage, bool(run and (run.root / stage).is_dir())))
+    for g in range(cfg.generations):
+        for stage in STAGES:
+            plan.append((f"gen {g} {stage}", bool(run and run.is_done(g, stage))))
+    return plan
+
+
+def _env_info(accelerator) -> dict:
+    packages = {}
+    for name in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "datasets",
+                 "safetensors", "omegaconf", "open_clip_torch", "chain-of-diffusion"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": commit,
+    }
+
+
+def check_launch(accelerator) -> None:
+    """Stop when a launcher started several processes that all believe they are rank 0."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise LaunchError(
+            f"{world} processes were launched but accelerate sees 1 (each would run the whole chain "
+            "as rank 0); on a CPU machine launch with ACCELERATE_USE_CPU=1"
+        )
+
+
+def _check_existing(run: RunDir, cfg: ChainConfig) -> None:
+    """Refuse to mix two different configs in one run directory."""
+    saved = read_json(run.root / "fingerprint.json")
+    if saved is None:
+        return
+    new = json.loads(json.dumps(fingerprint_dict(cfg)))
+    diffs = sorted(_diff_keys(saved, new))
+    if diffs:
+        raise RunDirError(
+            f"{run.root}: holds a run with a different config (changed: {', '.join(diffs[:5])}); "
+            "use another output_dir or restore those values"
+        )
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def metrics_table(rows: list[dict], keys: Optional[list[str]] = None) -> str:
+    """A small fixed-width table of metrics per generation for the terminal."""
+    if not rows:
+        return "(no generation finished yet)"
+    skip = {"generation", "num_skipped_files", "num_train_images"}
+    keys = keys or [k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float))]
+    header = "gen  " + "  ".join(f"{k:>14s}" for k in keys)
+    lines = [header]
+    for row in rows:
+        cells = []
+        for k in keys:
+            v = row.get(k)
+            cells.append(f"{v:>14.4g}" if isinstance(v, (int, float)) else f"{'-':>14s}")
+        lines.append(f"{row['generation']:>3d}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def collect_metrics(run: RunDir, generations: int) -> list[dict]:
+    rows = []
+    for g in range(generations):
+        m = read_json(run.stage_path(g, "evaluate") / "metrics.json")
+        if m is not None:
+            rows.append(m)
+    return rows
+
+
+def write_derived(run: RunDir, cfg: ChainConfig) -> list[dict]:
+    """Rebuild the files derived from finished stages: gen_XX/metrics.json, grids, metrics.jsonl,
+    report.html. Idempotent, so a kill between a stage and this step is repaired on resume."""
+    import shutil
+
+    from chain_of_diffusion.metrics.report import write_report
+
+    rows = collect_metrics(run, cfg.generations)
+    reference = read_json(run.reference / "metrics.json", {})
+    for row in rows:
+        g = row["generation"]
+        evaluation = run.stage_path(g, "evaluate")
+        atomic_write_json(run.gen(g) / "metrics.json", row)
+        if (evaluation / "grid.png").exists():
+            shutil.copyfile(evaluation / "grid.png", run.gen(g) / "grid.png")
+    lines = [json.dumps({**row, **{k: v for k, v in reference.items() if k.endswith("_reference")}},
+                        sort_keys=True) for row in rows]
+    atomic_write_text(run.metrics_path, "".join(line + "\n" for line in lines))
+    write_report(run.root)
+    return rows
+
+
+def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
+    """Run (or resume) the chain described by ``cfg``. Every process calls this."""
+    from accelerate import Accelerator
+
+    from chain_of_diffusion import stages
+
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
+    check_launch(accelerator)
+    main = accelerator.is_main_process
+    run = RunDir(cfg.output_dir)
+    say = echo if main else (lambda *a, **k: None)
+    if main:
+        run.acquire_lock()
+    try:
+        if main:
+            _check_existing(run, cfg)
+            atomic_write_text(run.config_path, to_yaml(cfg))
+            atomic_write_json(run.root / "fingerprint.json", fingerprint_dict(cfg))
+            atomic_write_json(run.root / "env.json", _env_info(accelerator))
+        accelerator.wait_for_everyone()
+        plan = planned_stages(cfg, run)
+        if all(done for _, done in plan):
+            rows = write_derived(run, cfg) if main else []
+            say(f"nothing to do: all {cfg.generations} generations in {run.root} are finished")
+            say(metrics_table(rows))
+            return ChainResult(run.root, rows, [])
+        done_count = sum(done for _, done in plan)
+        if done_count:
+            say(f"resuming {run.root}: {done_count} of {len(plan)} stages already finished")
+        state = run.load_state()
+        ran: list[str] = []
+
+        def once(name: str, fn) -> None:
+            folder = run.root / name
+            if folder.is_dir():
+                return
+            tmp = run.root / f".tmp_{name}"
+            started = time.time()
+            say(f"[{name}] ...")
+            if main:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                summary = fn(tmp)
+                os.replace(tmp, folder)
+                state[name] = True
+                run.save_state(state)
+                log.info("%s done in %.1fs: %s", name, time.time() - started, summary)
+            accelerator.wait_for_everyone()
+            ran.append(name)
+
+        once("real", lambda tmp: stages.stage_real(cfg, tmp))
+        once("reference", lambda tmp: stages.stage_reference(cfg, run, tmp))
+
+        for g in range(cfg.generations):
+            for stage in STAGES:
+                if run.is_done(g, stage):
+                    continue
+                started = time.time()
+                say(f"[gen {g}/{cfg.generations - 1}] {stage} ...")
+                if main:
+                    run.fresh_tmp(g, stage)
+                accelerator.wait_for_everyone()
+                tmp = run.tmp_stage_path(g, stage)
+                if stage == "mix":
+                    summary = stages.stage_mix(cfg, run, g, tmp) if main else None
+                elif stage == "train":
+                    result = stages.stage_train(cfg, run, g, tmp, accelerator)
+                    summary = f"loss {result['final_loss']:.4f}"
+                elif stage == "generate":
+                    summary = f"{stages.stage_generate(cfg, run, g, tmp, accelerator)} images"
+                elif stage == "select":
+                    summary = stages.stage_select(cfg, run, g, tmp) if main else None
+                else:
+                    summary = stages.stage_evaluate(cfg, run, g, tmp, accelerator)
+                if main:
+                    run.commit_stage(state, g, stage, tmp)
+                    seconds = time.time() - started
+                    state.setdefault("seconds", {}).setdefault(str(g), {})[stage] = round(seconds, 2)
+                    run.save_state(state)
+                    if stage == "train":
+                        stages.remove_train_checkpoints(run, g)
+                    log.info("gen %d %s done in %.1fs: %s", g, stage, seconds, summary)
+                    say(f"[gen {g}/{cfg.generations - 1}] {stage} done in {seconds:.0f}s")
+                accelerator.wait_for_everyone()
+                ran.append(f"gen {g} {stage}")
+            if main:
+                write_derived(run, cfg)
+        rows = write_derived(run, cfg) if main else []
+        if main:
+            state["finished"] = True
+            run.save_state(state)
+        say(f"\nrun directory: {run.root.resolve()}")
+        say(f"report:        {(run.root / 'report.html').resolve()}")
+        say(metrics_table(rows))
+        return ChainResult(run.root, rows, ran)
+    finally:
+        if main:
+            run.release_lock()

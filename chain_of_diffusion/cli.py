@@ -1,0 +1,108 @@
+"""Command-line entry of ``scripts/chain.py``: arguments, logging, and errors -> exit codes.
+
+Errors caused by input (config, data, run directory, launch) print one line and exit 2; the
+traceback goes to ``<output_dir>/log.txt`` where the run directory exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chain.py",
+        description="Run a self-consuming chain of diffusion models (model collapse) and measure it.",
+        epilog="Example: accelerate launch scripts/chain.py --config configs/smoke.yaml generations=3 "
+        "mix.real_fraction=0.5",
+    )
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML config; repeat to merge several, left to right")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned stages")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied after the files")
+    return p
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from chain_of_diffusion.chain import LaunchError
+    from chain_of_diffusion.config import ConfigError
+    from chain_of_diffusion.data.imageset import ImageSetError
+    from chain_of_diffusion.data.sources import DataError
+    from chain_of_diffusion.models.build import ModelLoadError
+    from chain_of_diffusion.runs import RunDirError
+    from chain_of_diffusion.train import TrainingError
+
+    return (ConfigError, DataError, ImageSetError, RunDirError, LaunchError, TrainingError, ModelLoadError)
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def _log_to(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = _parser().parse_args(argv)
+    from chain_of_diffusion.chain import planned_stages, run_chain
+    from chain_of_diffusion.config import ConfigError, load_config, to_yaml
+    from chain_of_diffusion.runs import RunDir
+
+    bad_input = _bad_input_errors()
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"chain.py: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print(to_yaml(cfg), end="")
+        run = RunDir(cfg.output_dir)
+        print(f"# planned stages ({cfg.output_dir}):")
+        for name, done in planned_stages(cfg, run if run.root.exists() else None):
+            print(f"#   {name:24s} {'done' if done else 'to run'}")
+        return 0
+    _quiet_libraries()
+    rank = int(os.environ.get("RANK", "0"))
+    log_path = Path(cfg.output_dir) / "log.txt"
+    handler = None
+    try:
+        if rank == 0:
+            handler = _log_to(log_path)
+        run_chain(cfg)
+        return 0
+    except bad_input as err:
+        logging.getLogger("chain_of_diffusion").exception("stopped")
+        print(f"chain.py: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("chain.py: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # unexpected: keep the traceback in the log, one line on the terminal
+        logging.getLogger("chain_of_diffusion").exception("failed")
+        where = f" (traceback in {log_path})" if handler else ""
+        print(f"chain.py: error: {type(err).__name__}: {err}{where}", file=sys.stderr)
+        return 1
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()

@@ -1,0 +1,298 @@
+"""The chain config: one frozen dataclass per stage, YAML files merged in order, ``key=value`` last.
+
+Every check that can fail on user input raises :class:`ConfigError` with one line that names the
+key (``train.lr``) and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message is one line meant for the terminal."""
+
+
+DATA_SOURCES = ("digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist")
+ARCHS = ("tiny", "small", "sd15")
+OBJECTIVES = ("eps", "v", "flow", "dae")
+TRAIN_MODES = ("full", "lora")
+TRAIN_INITS = ("scratch", "base", "previous")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION = ("auto", "sdpa", "xformers")
+SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler")
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
+MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
+REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
+SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
+ON_ERROR = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    path: Optional[str] = None  # folder, csv file, or datasets name/path, depending on source
+    caption_column: str = "text"
+    image_column: str = "image"
+    label_column: Optional[str] = None
+    split: str = "train"  # the datasets split for source=hf
+    resolution: int = 16  # pixels per side after resize + crop
+    center_crop: bool = True
+    random_flip: bool = False
+    num_train: Optional[int] = 500  # real images used for generation 0; null = all left after held-out
+    num_heldout: int = 500  # real images held out for evaluation, chosen by the seed
+    max_images: Optional[int] = None  # cap on the images read from the source (null = all)
+    on_error: str = "error"  # error | skip: what an undecodable or uncaptioned image does
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id (later: LoRA chains)
+    arch: str = "tiny"  # tiny | small | sd15: the layout built from a config with random init
+    objective: str = "eps"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    text_hidden_size: int = 64  # tiny/small text encoder width (sd15 uses CLIP ViT-L's 768)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "full"
+    init: str = "scratch"
+    steps: int = 1500  # optimizer steps per generation
+    batch_size: int = 64  # global batch, over all processes and accumulation steps
+    micro_batch_size: Optional[int] = None  # per forward pass; null = batch_size / processes
+    lr: float = 1e-3
+    lr_warmup_steps: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    condition_drop: float = 0.0  # probability of training a sample on the empty caption
+    lora_rank: int = 4
+    lora_alpha: Optional[int] = None
+    mixed_precision: str = "no"
+    attention: str = "auto"
+    checkpoint_every: int = 500  # steps between resumable checkpoints inside a generation
+    log_every: int = 50
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_images: Optional[int] = None  # null = one image per training record's caption
+    steps: int = 20
+    scheduler: str = "ddim"
+    guidance_scale: float = 2.0
+    guidance_schedule: str = "constant"
+    guidance_end: float = 1.0
+    batch_size: int = 250  # images per forward pass on one process
+    grid_size: int = 10  # images per row of the report grid (captions and seeds fixed per chain)
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    policy: str = "replace"
+    real_fraction: float = 0.0
+    real_fraction_schedule: str = "constant"
+    num_images: Optional[int] = None  # training set size from generation 1 on; null = data.num_train
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    method: str = "none"
+    oversample: float = 1.0
+    features: str = "pixels"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    names: list[str] = field(default_factory=lambda: ["fd_classifier", "memorization", "entropy"])
+    features: str = "classifier"
+    classifier_steps: int = 600  # optimizer steps of the small real-data classifier, trained once
+    entropy_k: int = 1
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    repo_id: Optional[str] = None
+    private: bool = True
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    output_dir: str = "runs/quickstart"
+    seed: int = 0
+    generations: int = 4
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: Any, low: float, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"config key '{key}': must be >= {low}, got {value}")
+
+
+def _in_unit_interval(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"config key '{key}': must be in [0, 1], got {value}")
+
+
+def validate(cfg: ChainConfig) -> None:
+    """Range and choice checks that the type system cannot express."""
+    _at_least("generations", cfg.generations, 1)
+    _at_least("seed", cfg.seed, 0)
+    d = cfg.data
+    _choice("data.source", d.source, DATA_SOURCES)
+    _choice("data.on_error", d.on_error, ON_ERROR)
+    _at_least("data.resolution", d.resolution, 4)
+    _at_least("data.num_train", d.num_train, 1, allow_none=True)
+    _at_least("data.num_heldout", d.num_heldout, 2)
+    _at_least("data.max_images", d.max_images, 1, allow_none=True)
+    if d.source in ("imagefolder", "csv", "hf") and not d.path:
+        raise ConfigError(f"config key 'data.path': required for data.source={d.source}")
+    m = cfg.model
+    _choice("model.arch", m.arch, ARCHS)
+    _choice("model.objective", m.objective, OBJECTIVES)
+    if m.objective != "eps":
+        raise ConfigError(
+            f"config key 'model.objective': {m.objective!r} is not implemented yet; use eps"
+        )
+    _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
+    t = cfg.train
+    _choice("train.mode", t.mode, TRAIN_MODES)
+    if t.mode != "full":
+        raise ConfigError("config key 'train.mode': 'lora' needs model.pretrained (not implemented yet)")
+    _choice("train.init", t.init, TRAIN_INITS)
+    _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _choice("train.attention", t.attention, ATTENTION)
+    _at_least("train.steps", t.steps, 1)
+    _at_least("train.batch_size", t.batch_size, 1)
+    _at_least("train.micro_batch_size", t.micro_batch_size, 1, allow_none=True)
+    if t.lr <= 0:
+        raise ConfigError(f"config key 'train.lr': must be > 0, got {t.lr}")
+    _at_least("train.lr_warmup_steps", t.lr_warmup_steps, 0)
+    _at_least("train.weight_decay", t.weight_decay, 0.0)
+    _at_least("train.max_grad_norm", t.max_grad_norm, 0.0)
+    _in_unit_interval("train.condition_drop", t.condition_drop)
+    _at_least("train.lora_rank", t.lora_rank, 1)
+    _at_least("train.checkpoint_every", t.checkpoint_every, 1)
+    _at_least("train.log_every", t.log_every, 1)
+    s = cfg.sample
+    _at_least("sample.num_images", s.num_images, 1, allow_none=True)
+    _at_least("sample.steps", s.steps, 1)
+    _choice("sample.scheduler", s.scheduler, SCHEDULERS)
+    _at_least("sample.guidance_scale", s.guidance_scale, 0.0)
+    _at_least("sample.guidance_end", s.guidance_end, 0.0)
+    _choice("sample.guidance_schedule", s.guidance_schedule, GUIDANCE_SCHEDULES)
+    _at_least("sample.batch_size", s.batch_size, 1)
+    _at_least("sample.grid_size", s.grid_size, 1)
+    x = cfg.mix
+    _choice("mix.policy", x.policy, MIX_POLICIES)
+    _in_unit_interval("mix.real_fraction", x.real_fraction)
+    _choice("mix.real_fraction_schedule", x.real_fraction_schedule, REAL_FRACTION_SCHEDULES)
+    _at_least("mix.num_images", x.num_images, 1, allow_none=True)
+    sel = cfg.select
+    _choice("select.method", sel.method, SELECT_METHODS)
+    if sel.method not in ("none", "random"):
+        raise ConfigError(
+            f"config key 'select.method': {sel.method!r} is not implemented yet; use none or random"
+        )
+    _at_least("select.oversample", sel.oversample, 1.0)
+    from chain_of_diffusion.metrics import METRIC_NAMES  # late: metrics imports torch
+
+    for name in cfg.metrics.names:
+        if name not in METRIC_NAMES:
+            raise ConfigError(
+                f"config key 'metrics.names': unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}"
+            )
+    _at_least("metrics.classifier_steps", cfg.metrics.classifier_steps, 1)
+    _at_least("metrics.entropy_k", cfg.metrics.entropy_k, 1)
+
+
+def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, (oc_errors.ConfigAttributeError, oc_errors.ConfigKeyError)):
+        parent, _, leaf = key.rpartition(".")
+        node = _schema_node(parent)
+        allowed = sorted(node.keys()) if node is not None else []
+        hint = difflib.get_close_matches(leaf, allowed, n=1)
+        suggestion = f" (did you mean '{(parent + '.' if parent else '') + hint[0]}'?)" if hint else ""
+        return ConfigError(
+            f"{origin}: unknown config key '{key}'{suggestion}; allowed keys here: {', '.join(allowed)}"
+        )
+    return ConfigError(f"{origin}: config key '{key}': {msg}")
+
+
+def _schema_node(dotted: str) -> Optional[DictConfig]:
+    node: Any = OmegaConf.structured(ChainConfig)
+    for part in [p for p in dotted.split(".") if p]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, DictConfig) else None
+
+
+def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) -> ChainConfig:
+    """Merge the schema defaults, each YAML file left to right, then ``key=value`` overrides."""
+    merged = OmegaConf.structured(ChainConfig)
+    for path in config_files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # yaml errors carry multi-line context
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except oc_errors.OmegaConfBaseException as err:
+            raise _one_line_omegaconf_error(err, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except oc_errors.OmegaConfBaseException as err:
+            raise _one_line_omegaconf_error(err, f"override {item!r}") from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except oc_errors.OmegaConfBaseException as err:
+        raise _one_line_omegaconf_error(err, "config") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: ChainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ChainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# The keys whose change makes an existing run directory a different run.  output_dir is not one
+# of them (a moved run is the same run); everything else is.
+def fingerprint_dict(cfg: ChainConfig) -> dict:
+    d = to_dict(cfg)
+    d.pop("output_dir")
+    d.pop("generations")  # extending a finished chain by more generations is allowed
+    return d

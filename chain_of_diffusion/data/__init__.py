@@ -1,0 +1,1 @@
+"""Image sets, real data sources and pixel transforms."""

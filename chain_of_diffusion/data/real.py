@@ -1,0 +1,72 @@
+"""The real pool of a chain: the source read once, split by the seed, written as image sets.
+
+``<run>/real/heldout`` (evaluation only), ``real/train`` (generation 0's training set) and
+``real/pool`` (the rest: fresh real data for later generations).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from chain_of_diffusion.config import ChainConfig
+from chain_of_diffusion.data.imageset import save_png, write_metadata
+from chain_of_diffusion.data.sources import DataError, load_source
+from chain_of_diffusion.seeding import generator
+
+SPLITS = ("heldout", "train", "pool")
+
+
+def split_sizes(num_images: int, num_heldout: int, num_train: int | None) -> tuple[int, int, int]:
+    """(heldout, train, pool) sizes; raises DataError when the source is too small."""
+    if num_images < num_heldout + 1:
+        raise DataError(
+            f"the data source has {num_images} usable images; data.num_heldout={num_heldout} "
+            "leaves none to train on (lower data.num_heldout)"
+        )
+    train = num_images - num_heldout if num_train is None else num_train
+    if num_heldout + train > num_images:
+        raise DataError(
+            f"the data source has {num_images} usable images, fewer than data.num_heldout="
+            f"{num_heldout} + data.num_train={num_train}"
+        )
+    return num_heldout, train, num_images - num_heldout - train
+
+
+def prepare_real(cfg: ChainConfig, out_dir: Path) -> dict:
+    """Read the source, shuffle with the seed, write the three splits into ``out_dir``.
+
+    Returns a summary (sizes, skipped files) that is also written as ``out_dir/summary.json``.
+    """
+    data = load_source(cfg.data)
+    n = len(data.examples)
+    sizes = split_sizes(n, cfg.data.num_heldout, cfg.data.num_train)
+    order = torch.randperm(n, generator=generator(cfg.seed, "real-split")).tolist()
+    bounds = [0, sizes[0], sizes[0] + sizes[1], n]
+    for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+        folder = out_dir / split
+        folder.mkdir(parents=True, exist_ok=True)
+        records = []
+        for position, i in enumerate(order[lo:hi]):
+            example = data.examples[i]
+            name = f"{position:06d}.png"
+            save_png(example.image, folder / name)
+            record = {"file_name": name, "text": example.text, "source": "real", "generation": -1,
+                      "index": position, "origin": example.origin}
+            if example.label is not None:
+                record["label"] = int(example.label)
+            records.append(record)
+        write_metadata(folder, records)
+    summary = {
+        "num_images": n,
+        "heldout": sizes[0],
+        "train": sizes[1],
+        "pool": sizes[2],
+        "num_skipped": data.num_skipped,
+        "skipped": data.skipped,
+        "class_names": data.class_names,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,101 @@
+"""Fréchet distance between two feature sets, each summarised by a Gaussian (no I/O).
+
+The same computation as pytorch-fid / torch-fidelity, in float64 with ``scipy.linalg.sqrtm``:
+
+    FD = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})
+
+In this package the features come from a small classifier trained on the real data
+(``fd_classifier``), so the value is *not* comparable to an Inception FID.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+# Offset added to both covariances when their product is singular (pytorch-fid uses 1e-6).
+SQRTM_EPS = 1e-6
+
+
+def _check_features(features: Tensor, name: str = "features") -> Tensor:
+    """Validate a (N, D) feature matrix with N >= 2 and return it in float64 on the CPU."""
+    if features.ndim != 2:
+        raise ValueError(f"{name} must be a (N, D) matrix, got shape {tuple(features.shape)}")
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"a Fréchet distance needs at least 2 images, got {n}")
+    return features.detach().to(device="cpu", dtype=torch.float64)
+
+
+def gaussian_stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a feature set.
+
+    Args:
+        features: (N, D), any float dtype, N >= 2.
+
+    Returns:
+        mu: float64 (D,); sigma: float64 (D, D), the unbiased (N - 1) covariance like np.cov.
+    """
+    x = _check_features(features).numpy()
+    mu = x.mean(axis=0)
+    sigma = np.cov(x, rowvar=False)
+    # np.cov returns a 0-d array for D == 1; keep the (D, D) shape.
+    return mu, np.atleast_2d(sigma)
+
+
+def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
+    """(sigma1 @ sigma2)^{1/2}, retried with an eps*I offset when the product is singular.
+
+    Shapes: (D, D), (D, D) -> (D, D), possibly complex (the caller takes the real part).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    singular = any("singular" in str(w.message).lower() for w in caught)
+    if singular or not np.isfinite(covmean).all():
+        # Rank-deficient covariances (fewer images than feature dims, dead features) make the
+        # Schur square root unstable; a tiny ridge on both sides is the pytorch-fid remedy.
+        offset = np.eye(sigma1.shape[0]) * SQRTM_EPS
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    return covmean
+
+
+def frechet_distance_from_stats(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    Args:
+        mu1, mu2: (D,); sigma1, sigma2: (D, D). Tensors or arrays; computed in float64.
+
+    Returns:
+        The squared Fréchet (2-Wasserstein) distance, a float >= 0 up to rounding.
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(
+            f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
+        )
+    diff = mu1 - mu2
+    # Small imaginary parts are rounding noise of sqrtm on a near-PSD product.
+    covmean = np.real(_sqrtm_product(sigma1, sigma2))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets.
+
+    Args:
+        a: (N, D) features, N >= 2.
+        b: (M, D) features, M >= 2.
+    """
+    mu_a, sigma_a = gaussian_stats(a)
+    mu_b, sigma_b = gaussian_stats(b)
+    return frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)

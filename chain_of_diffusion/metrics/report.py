@@ -1,0 +1,249 @@
+"""The run report (matplotlib, Agg canvas): metric curves and per-generation image grids in one self-contained ``report.html``.
+
+Reads only the public run-directory files (``config.yaml``, ``metrics.jsonl``, ``reference/grid.png``,
+``gen_XX/grid.png``) and writes ``report_files/*.png`` and ``report.html``; the page uses relative
+paths, so it opens from disk with no server and survives moving the run directory.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+REPORT_NAME = "report.html"
+FILES_DIR = "report_files"
+REFERENCE_SUFFIX = "_reference"
+# Display width of every grid in the page, so 16x16 images are visible and rows line up.
+GRID_DISPLAY_WIDTH_PX = 768
+_GEN_DIR = re.compile(r"^gen_(\d+)$")
+
+
+def make_grid_image(images: Tensor, nrow: int, scale: int = 1, padding: int = 2) -> Image.Image:
+    """Tile images into one RGB picture.
+
+    Args:
+        images: (N, C, H, W) in [-1, 1], C in {1, 3}.
+        nrow: images per row.
+        scale: integer nearest-neighbour upscaling, so tiny images stay crisp.
+    """
+    from torchvision.utils import make_grid
+
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"make_grid_image needs (N, C, H, W) images with N >= 1, got {tuple(images.shape)}")
+    x = (images.detach().float().cpu().clamp(-1.0, 1.0) + 1.0) * 0.5
+    grid = make_grid(x, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W') in [0, 1]
+    array = (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(array)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    return image
+
+
+def _atomic_path(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def numeric_metrics(rows: list[dict]) -> list[str]:
+    """Names of the metrics with a finite number in at least one row, in first-seen order
+    (``generation`` and ``*_reference`` excluded: they are the x axis and the dashed lines)."""
+    names: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            if key == "generation" or key.endswith(REFERENCE_SUFFIX) or key in names:
+                continue
+            if _is_number(value):
+                names.append(key)
+    return names
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "metric"
+
+
+def plot_metric_curves(rows: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per numeric metric: value against generation, with a dashed line at
+    ``<metric>_reference`` when the rows carry one (e.g. real train vs held-out).
+
+    Args:
+        rows: the objects of ``metrics.jsonl``, each with an integer ``generation``.
+        out_dir: folder for ``<metric>.png`` (created).
+
+    Returns:
+        The written paths, in metric order.
+    """
+    # A bare Figure with the Agg canvas: no pyplot, so no global backend switch and no figure
+    # registry to leak into (the caller may be a notebook with its own backend).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    out_dir = Path(out_dir)
+    rows = sorted((r for r in rows if _is_number(r.get("generation"))), key=lambda r: r["generation"])
+    paths = []
+    for name in numeric_metrics(rows):
+        points = [(r["generation"], r[name]) for r in rows if _is_number(r.get(name))]
+        # The reference is a property of the chain, not of a generation: the latest one wins.
+        refs = [r[name + REFERENCE_SUFFIX] for r in rows if _is_number(r.get(name + REFERENCE_SUFFIX))]
+        fig = Figure(figsize=(5.0, 3.2), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([g for g, _ in points], [v for _, v in points], marker="o", label=name)
+        if refs:
+            ax.axhline(refs[-1], linestyle="--", color="grey", label="real reference")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("generation")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"{_safe_filename(name)}.png"
+        _atomic_path(path, lambda p, fig=fig: fig.savefig(p, format="png"))
+        paths.append(path)
+    return paths
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a ``metrics.jsonl``; missing file -> []. A torn last line (writer killed) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return sorted(rows, key=lambda r: r.get("generation", -1) if _is_number(r.get("generation")) else -1)
+
+
+def _generation_grids(run_dir: Path) -> list[tuple[str, str]]:
+    """(label, relative path) of the grid rows: ``real`` first, then every generation in order."""
+    grids = []
+    if (run_dir / "reference" / "grid.png").is_file():
+        grids.append(("real", "reference/grid.png"))
+    gens = []
+    for child in run_dir.iterdir() if run_dir.is_dir() else []:
+        match = _GEN_DIR.match(child.name)
+        if match and (child / "grid.png").is_file():
+            gens.append((int(match.group(1)), child.name))
+    for g, name in sorted(gens):
+        grids.append((f"generation {g}", f"{name}/grid.png"))
+    return grids
+
+
+def _format_cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _metrics_table(rows: list[dict]) -> str:
+    columns = ["generation"]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format_cell(row.get(c)))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _img(rel_path: str, alt: str, css_class: str) -> str:
+    src = html.escape(quote(rel_path), quote=True)
+    return f'<img class="{css_class}" src="{src}" alt="{html.escape(alt, quote=True)}">'
+
+
+_STYLE = f"""
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th {{ background: #f2f2f2; }}
+.curves img {{ margin: 0.3em; border: 1px solid #eee; }}
+.grid-row {{ margin-bottom: 1em; }}
+.grid-row h3 {{ margin: 0.2em 0; font-size: 1em; }}
+img.grid {{ width: {GRID_DISPLAY_WIDTH_PX}px; image-rendering: pixelated; image-rendering: crisp-edges; }}
+pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
+"""
+
+
+def render_report(
+    run_dir: Path, rows: list[dict], curves: list[Path], grids: list[tuple[str, str]], config_text: str
+) -> str:
+    """The HTML page as a string (paths in ``curves`` are made relative to ``run_dir``)."""
+    title = f"Chain of Diffusion report: {run_dir.resolve().name}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Metrics</h2>",
+    ]
+    if rows:
+        parts.append(_metrics_table(rows))
+    else:
+        parts.append("<p>No generation finished yet: metrics.jsonl is empty or missing.</p>")
+    if curves:
+        parts.append('<h2>Curves</h2><div class="curves">')
+        parts += [_img(p.relative_to(run_dir).as_posix(), p.stem, "curve") for p in curves]
+        parts.append("</div>")
+    parts.append("<h2>Samples</h2>")
+    if grids:
+        parts.append("<p>Every row uses the same captions and seeds.</p>")
+        for label, rel in grids:
+            parts.append(
+                f'<div class="grid-row"><h3>{html.escape(label)}</h3>{_img(rel, label, "grid")}</div>'
+            )
+    else:
+        parts.append("<p>No image grids yet.</p>")
+    parts.append("<h2>Config</h2>")
+    parts.append(f"<pre>{html.escape(config_text)}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` (and its curves under ``run_dir/report_files/``) from what the
+    run directory holds now; works on a run with no finished generation. Returns the page's path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    curves = plot_metric_curves(rows, run_dir / FILES_DIR) if rows else []
+    config_path = run_dir / "config.yaml"
+    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
+    page = render_report(run_dir, rows, curves, _generation_grids(run_dir), config_text)
+    out = run_dir / REPORT_NAME
+    _atomic_path(out, lambda p: p.write_text(page, encoding="utf-8"))
+    return out

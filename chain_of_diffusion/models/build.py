@@ -1,0 +1,218 @@
+"""The text-to-image model as diffusers components, built from a named layout or loaded from a folder.
+
+A model is a ``UNet2DConditionModel``, a CLIP text encoder with its tokenizer, the training noise
+scheduler, and a VAE only where the layout works in latent space (``sd15``). A checkpoint folder
+uses the diffusers pipeline sub-folder names (``unet/``, ``text_encoder/``, ``tokenizer/``,
+``scheduler/``, ``vae/``), so each part loads with ``from_pretrained(folder, subfolder=...)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from chain_of_diffusion.config import ModelConfig
+
+MAX_TOKENS = 77  # CLIP's context length, as Stable Diffusion uses it
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint folder or pretrained id that cannot be loaded; one line for the terminal."""
+
+
+@dataclass
+class T2IModel:
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    vae: Optional[AutoencoderKL] = None
+
+    @property
+    def image_channels(self) -> int:
+        return 3
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel along one side (1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# Layouts. tiny: fast enough to train from scratch on 2 CPU cores (cross-attention only at the
+# lowest resolution, where it is cheap); small: the same shape wider, for 32-64 px; sd15: the
+# Stable Diffusion 1.5 UNet/VAE/CLIP-L layout with random weights, for throughput work.
+_UNET_LAYOUTS = {
+    "tiny": dict(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ),
+    "small": dict(
+        block_out_channels=(64, 128, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    ),
+    "sd15": dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=2,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ),
+}
+
+
+@lru_cache(maxsize=1)
+def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's BPE vocabulary and merges, read from the copy open_clip ships in its wheel.
+
+    The result tokenizes exactly like ``openai/clip-vit-large-patch14``'s tokenizer, with no
+    download.
+    """
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+
+    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_tokens = list(bytes_to_unicode().values())
+    tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    vocab, merges = _clip_bpe()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_TOKENS)
+
+
+def _text_config(cfg: ModelConfig, vocab_size: int) -> CLIPTextConfig:
+    if cfg.arch == "sd15":  # CLIP ViT-L/14's text tower
+        return CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=MAX_TOKENS, projection_dim=768,
+        )
+    width = cfg.text_hidden_size
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=width,
+    )
+
+
+def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
+    """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed``."""
+    latent = cfg.arch == "sd15"
+    torch.manual_seed(seed)  # diffusers initialises from the global generator
+    return UNet2DConditionModel(
+        sample_size=resolution // 8 if latent else resolution,
+        in_channels=4 if latent else 3,
+        out_channels=4 if latent else 3,
+        cross_attention_dim=cross_attention_dim,
+        **_UNET_LAYOUTS[cfg.arch],
+    )
+
+
+def build_model(cfg: ModelConfig, resolution: int, seed: int) -> T2IModel:
+    """A model of layout ``cfg.arch`` with random weights drawn from ``seed``."""
+    tokenizer = build_tokenizer()
+    text_config = _text_config(cfg, len(tokenizer))
+    vae = None
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config)
+    if cfg.arch == "sd15":
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=resolution,
+        )
+    unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule="scaled_linear" if cfg.arch == "sd15" else cfg.beta_schedule,
+        prediction_type="epsilon" if cfg.objective == "eps" else "v_prediction",
+        clip_sample=False,
+    )
+    return T2IModel(unet, text_encoder.eval(), tokenizer, scheduler, vae)
+
+
+def save_model(model: T2IModel, folder: str | Path) -> None:
+    """Write the model in diffusers sub-folders (safetensors weights + JSON configs)."""
+    folder = Path(folder)
+    model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    model.noise_scheduler.save_pretrained(folder / "scheduler")
+    model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    model.tokenizer.save_pretrained(folder / "tokenizer")
+    if model.vae is not None:
+        model.vae.save_pretrained(folder / "vae", safe_serialization=True)
+
+
+def load_model(folder: str | Path) -> T2IModel:
+    """Load a model saved by :func:`save_model` or a diffusers Stable Diffusion pipeline folder."""
+    folder = parts = Path(folder)
+    if not (folder / "unet").is_dir():
+        raise ModelLoadError(f"{folder}: no unet/ folder (not a model checkpoint)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+        text_encoder = CLIPTextModel.from_pretrained(parts, subfolder="text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(parts, subfolder="tokenizer")
+        vae = AutoencoderKL.from_pretrained(parts, subfolder="vae") if (parts / "vae").is_dir() else None
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{folder}: cannot load model ({str(err).splitlines()[0]})") from None
+    return T2IModel(unet.eval(), text_encoder.eval(), tokenizer, scheduler, vae)
+
+
+@torch.no_grad()
+def encode_captions(model: T2IModel, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Captions -> CLIP last hidden states (N, 77, D), as Stable Diffusion conditions on them."""
+    device = next(model.text_encoder.parameters()).device
+    out = []
+    for i in range(0, len(captions), batch_size):
+        ids = model.tokenizer(
+            captions[i : i + batch_size], padding="max_length", max_length=MAX_TOKENS,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(device)
+        out.append(model.text_encoder(ids)[0].float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def encode_images(model: T2IModel, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Pixels in [-1, 1] -> what the UNet denoises: latents (scaled) with a VAE, else the pixels."""
+    if model.vae is None:
+        return images
+    device = next(model.vae.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        dist = model.vae.encode(images[i : i + batch_size].to(device)).latent_dist
+        out.append((dist.mean * model.vae.config.scaling_factor).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_latents(model: T2IModel, latents: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_images`: -> pixels in [-1, 1]."""
+    if model.vae is None:
+        return latents
+    return model.vae.decode(latents / model.vae.config.scaling_factor).sample.clamp(-1, 1)

@@ -1,0 +1,235 @@
+"""The one trainer: a UNet denoiser on a fixed set of (image, caption) pairs, through accelerate.
+
+It does not know it is inside a chain: it takes tensors, a :class:`TrainConfig`, a seed and a
+checkpoint folder. Two properties the chain relies on:
+
+- **Stateless randomness.** The batch order, noise, timesteps and condition-drop mask of step
+  ``s`` are drawn from generators seeded by ``(seed, s)``, so a resumed run draws exactly what an
+  uninterrupted one would, and the randomness of a sample does not depend on the process count.
+- **Process-count invariance.** The global batch is cut into micro-batches of a fixed size; with
+  P processes each takes a contiguous run of them. One process accumulating micro-batches 0 and 1
+  and two processes with one each and DDP averaging produce the same bits (power-of-two scaling
+  is exact), so a chain on 2 CPU processes reproduces the 1-process chain at equal thread counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from chain_of_diffusion.config import TrainConfig
+from chain_of_diffusion.objectives import OBJECTIVES, mse_loss
+from chain_of_diffusion.seeding import generator
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, bad batch layout); one line for the terminal."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    losses: list[dict] = field(default_factory=list)  # {"step": s, "loss": mean over the log window}
+    seconds: float = 0.0
+    resumed_from_step: int = 0
+
+
+@dataclass
+class TrainData:
+    """What one generation trains on, already in the model's space.
+
+    x0: (N, C, H, W) pixels in [-1, 1] or VAE latents; caption_index: (N,) rows of
+    ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "".
+    """
+
+    x0: torch.Tensor
+    caption_index: torch.Tensor
+    caption_embeddings: torch.Tensor
+    empty_embedding: torch.Tensor
+
+
+def micro_batch_layout(batch_size: int, micro_batch_size: Optional[int], num_processes: int) -> tuple[int, int]:
+    """(micro batch size, micro batches per process per step) for a global batch."""
+    micro = micro_batch_size or batch_size // num_processes
+    if micro < 1 or batch_size % (micro * num_processes) != 0:
+        raise TrainingError(
+            f"train.batch_size={batch_size} must be a multiple of train.micro_batch_size={micro} "
+            f"times the {num_processes} processes"
+        )
+    return micro, batch_size // (micro * num_processes)
+
+
+def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> torch.Tensor:
+    """Example indices of optimizer step ``step``: epochs of seeded permutations, read in order."""
+    start = step * batch_size
+    positions = torch.arange(start, start + batch_size)
+    epochs, offsets = positions // num_examples, positions % num_examples
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(num_examples, generator=generator(seed, "order", epoch))
+        mask = epochs == epoch
+        out[mask] = perm[offsets[mask]]
+    return out
+
+
+class _Progress:
+    """The step counter and loss log, checkpointed with accelerate's save_state."""
+
+    def __init__(self):
+        self.step = 0
+        self.losses: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "losses": json.dumps(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.losses = json.loads(state["losses"])
+
+
+def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path) -> None:
+    """Save to ``latest`` through a temp folder, so a kill mid-save keeps the previous one."""
+    tmp, latest, old = checkpoint_dir / "tmp", checkpoint_dir / "latest", checkpoint_dir / "old"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if latest.exists():
+            os.replace(latest, old)
+        os.replace(tmp, latest)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    for name in ("latest", "old"):  # "old" survives a kill between the two renames
+        if (checkpoint_dir / name).is_dir():
+            return checkpoint_dir / name
+    return None
+
+
+def train_denoiser(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    accelerator: Accelerator,
+    checkpoint_dir: Path,
+    objective: str = "eps",
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``unet`` in place for ``cfg.steps`` optimizer steps, resuming from ``checkpoint_dir``."""
+    started = time.time()
+    checkpoint_dir = Path(checkpoint_dir)
+    num_examples = data.x0.shape[0]
+    if num_examples == 0:
+        raise TrainingError("the training set is empty")
+    micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
+    pair_fn = OBJECTIVES[objective]
+    unet.train()
+    unet.requires_grad_(True)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=cfg.steps,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    progress = _Progress()
+    accelerator.register_for_checkpointing(progress)
+    resume = _latest_checkpoint(checkpoint_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        log.info("%s: resumed from %s at step %d", desc, resume, progress.step)
+    resumed_from = progress.step
+
+    device = accelerator.device
+    x0_all = data.x0
+    emb_all = data.caption_embeddings
+    empty = data.empty_embedding
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    rank = accelerator.process_index
+    window: list[float] = []
+    bar = _progress_bar(accelerator, cfg.steps, progress.step, desc)
+    while progress.step < cfg.steps:
+        step = progress.step
+        # the whole global batch's randomness is drawn on every process, then sliced, so a
+        # sample's noise is the same whatever the process count
+        idx = batch_indices(step, cfg.batch_size, num_examples, seed)
+        g = generator(seed, "noise", step)
+        noise = torch.randn((cfg.batch_size, *x0_all.shape[1:]), generator=g)
+        timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=g)
+        dropped = torch.rand(cfg.batch_size, generator=g) < cfg.condition_drop
+        step_loss = torch.zeros((), device=device)
+        for m in range(accum):
+            lo = (rank * accum + m) * micro
+            sl = slice(lo, lo + micro)
+            x0 = x0_all[idx[sl]].to(device)
+            emb = emb_all[data.caption_index[idx[sl]]]
+            emb = torch.where(dropped[sl, None, None], empty.expand_as(emb), emb).to(device)
+            t = timesteps[sl].to(device)
+            pair = pair_fn(noise_scheduler, x0, noise[sl].to(device), t)
+            sync = m == accum - 1
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            with ctx, accelerator.autocast():
+                pred = model(pair.noisy, t, encoder_hidden_states=emb).sample
+                loss = mse_loss(pred, pair.target) / accum
+            accelerator.backward(loss)
+            step_loss += loss.detach()
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        if not math.isfinite(mean_loss):
+            bar.close()
+            where = _latest_checkpoint(checkpoint_dir)
+            kept = f"; the last good checkpoint is {where}" if where else ""
+            raise TrainingError(f"{desc}: loss is {mean_loss} at step {step}; training stopped{kept}")
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        window.append(mean_loss)
+        if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
+            progress.losses.append({"step": progress.step, "loss": sum(window) / len(window)})
+            bar.set_postfix(loss=f"{progress.losses[-1]['loss']:.4f}")
+            window = []
+        bar.update(1)
+        if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
+            _save_checkpoint(accelerator, checkpoint_dir)
+    bar.close()
+    unet = accelerator.unwrap_model(model)
+    unet.eval()
+    # drop accelerate's references so the next generation's prepare() starts clean
+    accelerator._models.clear()
+    accelerator._optimizers.clear()
+    accelerator._schedulers.clear()
+    accelerator._custom_objects.clear()
+    final = progress.losses[-1]["loss"] if progress.losses else float("nan")
+    return TrainResult(progress.step, final, progress.losses, time.time() - started, resumed_from)
+
+
+def _progress_bar(accelerator: Accelerator, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True, leave=False)
