@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if rank == 0:
             handler = _log_to(log_path)
+        else:  # without a handler, logging's last resort would print tracebacks on the terminal
+            logging.getLogger().addHandler(logging.NullHandler())
         run_chain(cfg)
         return 0
     except bad_input as err:

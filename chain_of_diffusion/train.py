@@ -154,9 +154,10 @@ def train_denoiser(
         "constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
         num_training_steps=cfg.steps,
     )
-    model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # the LR scheduler stays outside prepare(): accelerate would step it once per process
+    model, optimizer = accelerator.prepare(unet, optimizer)
     progress = _Progress()
-    accelerator.register_for_checkpointing(progress)
+    accelerator.register_for_checkpointing(progress, lr_scheduler)
     resume = _latest_checkpoint(checkpoint_dir)
     if resume is not None:
         accelerator.load_state(str(resume))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.special import digamma
 from torch import Tensor
 
 from .neighbors import knn_distances
@@ -19,6 +18,10 @@ MIN_DISTANCE = 1e-10
 def log_unit_ball_volume(dim: int) -> float:
     """log of the volume of the unit ball in R^dim: (d/2) log pi - lgamma(d/2 + 1)."""
     return 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim + 1.0)
+
+
+def _digamma(x: float) -> float:
+    return float(torch.special.digamma(torch.tensor(float(x), dtype=torch.float64)))
 
 
 def knn_entropy(features: Tensor, k: int = 1, chunk_size: int = 2048) -> float:
@@ -41,4 +44,4 @@ def knn_entropy(features: Tensor, k: int = 1, chunk_size: int = 2048) -> float:
         raise ValueError(f"knn_entropy with k={k} needs at least {k + 1} points, got {n}")
     r_k = knn_distances(features, features, k=k, chunk_size=chunk_size, exclude_self=True)[:, k - 1]
     sum_log_r = torch.log(r_k.double().clamp(min=MIN_DISTANCE)).sum().item()
-    return float(digamma(n) - digamma(k) + log_unit_ball_volume(dim) + dim * sum_log_r / n)
+    return float(_digamma(n) - _digamma(k) + log_unit_ball_volume(dim) + dim * sum_log_r / n)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -52,6 +51,9 @@ def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
 
     Shapes: (D, D), (D, D) -> (D, D), possibly complex (the caller takes the real part).
     """
+    # Imported here: config validation imports this package and should not pay for scipy.linalg.
+    import scipy.linalg
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)

@@ -1,0 +1,238 @@
+"""End to end through the real entry point (``scripts/chain.py``) on tiny configs."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SMOKE, TINY_OVERRIDES, run_cli
+from PIL import Image
+
+
+def test_run_directory_layout(finished_run: Path):
+    for name in ("config.yaml", "env.json", "state.json", "metrics.jsonl", "report.html", "log.txt"):
+        assert (finished_run / name).is_file(), name
+    assert (finished_run / "reference" / "heldout_features.safetensors").is_file()
+    for g in (0, 1):
+        gen = finished_run / f"gen_{g:02d}"
+        for name in ("train_set/metadata.jsonl", "model/unet/config.json", "samples/metadata.jsonl",
+                     "selected/metadata.jsonl", "metrics.json", "grid.png"):
+            assert (gen / name).is_file(), f"gen_{g:02d}/{name}"
+        assert not (gen / ".train_checkpoints").exists()
+        assert not list(gen.glob(".tmp_*"))
+    rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1]
+    for key in ("fd_classifier", "memorization", "entropy", "fd_classifier_reference"):
+        assert isinstance(rows[1][key], float), key
+    assert rows[0]["real_share"] == 1.0 and rows[1]["real_share"] == 0.0
+    state = json.loads((finished_run / "state.json").read_text())
+    assert state["finished"] is True and state["done"]["1"][-1] == "evaluate"
+
+
+def test_training_set_provenance(finished_run: Path):
+    from chain_of_diffusion.data.imageset import image_path, read_metadata
+
+    gen1 = finished_run / "gen_01" / "train_set"
+    records = read_metadata(gen1)
+    assert len(records) == 48
+    assert {r["source"] for r in records} == {"synthetic"}
+    assert {r["generation"] for r in records} == {0}
+    assert all(image_path(gen1, r).is_file() for r in records)
+    real = read_metadata(finished_run / "gen_00" / "train_set")
+    assert {r["source"] for r in real} == {"real"}
+
+
+def test_samples_load_as_an_imagefolder_dataset(finished_run: Path):
+    import datasets
+
+    ds = datasets.load_dataset("imagefolder", data_dir=str(finished_run / "gen_01" / "samples"), split="train")
+    assert len(ds) == 48
+    assert ds[0]["image"].size == (16, 16)
+    assert ds[0]["text"].startswith("a handwritten digit")
+    assert "seed" in ds.column_names
+
+
+def test_checkpoint_loads_with_diffusers(finished_run: Path):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(finished_run / "gen_01" / "model", subfolder="unet")
+    assert unet.config.sample_size == 16
+
+
+def test_finished_run_does_nothing_and_says_so(finished_run: Path):
+    before = (finished_run / "metrics.jsonl").read_bytes()
+    mtime = (finished_run / "gen_01" / "samples").stat().st_mtime
+    proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing to do" in proc.stdout
+    assert "fd_classifier" in proc.stdout  # the metrics table
+    assert (finished_run / "metrics.jsonl").read_bytes() == before
+    assert (finished_run / "gen_01" / "samples").stat().st_mtime == mtime
+
+
+def test_dry_run_prints_config_and_plan(tmp_path):
+    proc = run_cli("--config", str(SMOKE), f"output_dir={tmp_path / 'x'}", "generations=3", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "generations: 3" in proc.stdout
+    assert "gen 2 evaluate" in proc.stdout and "to run" in proc.stdout
+    assert not (tmp_path / "x").exists()
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "chain.py"), "--config", str(SMOKE), f"output_dir={out}",
+         *TINY_OVERRIDES, *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+    )
+
+
+def _kill_when(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the chain ended before the kill point"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize(
+    "kill_point",
+    ["gen_01/.train_checkpoints/latest", "gen_00/samples", "gen_01/.tmp_samples"],
+    ids=["inside-train", "between-stages", "inside-generate"],
+)
+def test_resume_after_kill_gives_identical_metrics(finished_run: Path, tmp_path: Path, kill_point: str):
+    out = tmp_path / "run"
+    _kill_when(_start(out), out / kill_point)
+    assert not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2
+    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming" in proc.stdout
+    assert (out / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
+    for name in sorted(os.listdir(finished_run / "gen_01" / "samples")):
+        assert (out / "gen_01" / "samples" / name).read_bytes() == (
+            finished_run / "gen_01" / "samples" / name
+        ).read_bytes(), name
+
+
+def test_second_process_on_the_same_output_dir_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
+    assert proc.returncode == 2
+    assert "in use by another running chain" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "config.yaml").exists()
+
+
+def test_changed_config_on_an_existing_run_is_refused(finished_run: Path):
+    before = (finished_run / "config.yaml").read_text()
+    proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES, "train.lr=0.5")
+    assert proc.returncode == 2
+    assert "train.lr" in proc.stderr and "different config" in proc.stderr
+    assert (finished_run / "config.yaml").read_text() == before
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_bad_config_key_and_generations(tmp_path):
+    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'a'}", "train.stepz=3"))
+    assert "train.stepz" in line and "train.steps" in line
+    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'b'}", "generations=0"))
+    assert "generations" in line
+    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'b'}", "generations=-1"))
+    assert "generations" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _folder(tmp_path: Path, n: int = 60, broken: bool = False, uncaptioned: bool = False) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(n):
+        Image.new("RGB", (20, 20), (i * 4 % 256, 0, 0)).save(folder / f"img{i:03d}.png")
+        (folder / f"img{i:03d}.txt").write_text(f"a red square number {i % 3}")
+    if broken:
+        (folder / "img005.png").write_bytes(b"not a png at all")
+    if uncaptioned:
+        (folder / "img007.txt").unlink()
+    return folder
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "broken", "uncaptioned"])
+def test_bad_data_folders(tmp_path, case):
+    if case == "missing":
+        path, expect = tmp_path / "nope", "does not exist"
+    elif case == "empty":
+        path, expect = tmp_path / "empty", "no images"
+        path.mkdir()
+    elif case == "broken":
+        path, expect = _folder(tmp_path, broken=True), "img005.png"
+    else:
+        path, expect = _folder(tmp_path, uncaptioned=True), "img007"
+    out = tmp_path / "run"
+    line = _one_error_line(run_cli(
+        "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "data.source=imagefolder",
+        f"data.path={path}", "metrics.features=pixels", "metrics.names=[memorization,entropy]",
+    ))
+    assert expect in line
+    assert (out / "log.txt").is_file() and "Traceback" in (out / "log.txt").read_text()
+
+
+def test_skip_mode_counts_broken_files(tmp_path):
+    path = _folder(tmp_path, broken=True)
+    out = tmp_path / "run"
+    proc = run_cli(
+        "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "generations=1", "data.num_train=20",
+        "data.num_heldout=20", "data.source=imagefolder", f"data.path={path}", "data.on_error=skip",
+        "metrics.features=pixels", "metrics.names=[memorization,entropy]",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["num_skipped_files"] == 1
+
+
+def _launch(out: Path, nproc: int, env: dict) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "scripts" / "chain.py"), "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES]
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def test_two_processes_match_one_process_byte_for_byte(tmp_path):
+    # bitwise equality needs equal per-process thread counts: torchrun gives each worker 1 thread
+    one = run_cli("--config", str(SMOKE), f"output_dir={tmp_path / 'one'}", *TINY_OVERRIDES,
+                  env={"OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _launch(tmp_path / "two", 2, {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    env = json.loads((tmp_path / "two" / "env.json").read_text())
+    assert env["num_processes"] == 2
+    for g in (0, 1):
+        names = sorted(os.listdir(tmp_path / "one" / f"gen_{g:02d}" / "samples"))
+        assert len(names) == 49  # 48 images + metadata.jsonl
+        for name in names:
+            a = (tmp_path / "one" / f"gen_{g:02d}" / "samples" / name).read_bytes()
+            b = (tmp_path / "two" / f"gen_{g:02d}" / "samples" / name).read_bytes()
+            assert a == b, f"gen {g} {name}"
+    assert (tmp_path / "one" / "metrics.jsonl").read_text() == (tmp_path / "two" / "metrics.jsonl").read_text()
+
+
+def test_two_processes_without_cpu_flag_are_stopped(tmp_path):
+    proc = _launch(tmp_path / "run", 2, {"ACCELERATE_USE_CPU": None})
+    assert proc.returncode != 0
+    assert "ACCELERATE_USE_CPU=1" in proc.stderr
+    assert not (tmp_path / "run" / "gen_00").exists()
