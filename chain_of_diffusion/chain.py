@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
-from chain_of_diffusion.runs import STAGES, RunDir, RunDirError, atomic_write_json, atomic_write_text, read_json
+from chain_of_diffusion.runs import (
+    STAGES,
+    RunDir,
+    RunDirError,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 
 log = logging.getLogger("chain_of_diffusion")
 

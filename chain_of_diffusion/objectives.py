@@ -8,8 +8,9 @@ trained here samples with any diffusers scheduler of the same ``prediction_type`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from diffusers import DDPMScheduler

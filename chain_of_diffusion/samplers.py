@@ -9,7 +9,8 @@ other images share its batch or process.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from diffusers import (

@@ -4,7 +4,13 @@ from accelerate import Accelerator
 
 from chain_of_diffusion.config import ModelConfig, TrainConfig
 from chain_of_diffusion.models.build import build_model, encode_captions
-from chain_of_diffusion.train import TrainData, TrainingError, batch_indices, micro_batch_layout, train_denoiser
+from chain_of_diffusion.train import (
+    TrainData,
+    TrainingError,
+    batch_indices,
+    micro_batch_layout,
+    train_denoiser,
+)
 
 
 def make_data(model, n=24):
