@@ -66,13 +66,14 @@ class ModelConfig:
 class TrainConfig:
     mode: str = "full"
     init: str = "scratch"
-    steps: int = 1500  # optimizer steps per generation
-    batch_size: int = 64  # global batch, over all processes and accumulation steps
+    steps: int = 700  # optimizer steps per generation
+    batch_size: int = 32  # global batch, over all processes and accumulation steps
     micro_batch_size: Optional[int] = None  # per forward pass; null = batch_size / processes
-    lr: float = 1e-3
-    lr_warmup_steps: int = 100
+    lr: float = 2e-3
+    lr_warmup_steps: int = 50
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    ema_decay: float = 0.995  # exponential moving average of the weights (0 = off); the EMA is saved
     condition_drop: float = 0.0  # probability of training a sample on the empty caption
     lora_rank: int = 4
     lora_alpha: Optional[int] = None
@@ -192,6 +193,8 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("train.weight_decay", t.weight_decay, 0.0)
     _at_least("train.max_grad_norm", t.max_grad_norm, 0.0)
     _in_unit_interval("train.condition_drop", t.condition_drop)
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"config key 'train.ema_decay': must be in [0, 1), got {t.ema_decay}")
     _at_least("train.lora_rank", t.lora_rank, 1)
     _at_least("train.checkpoint_every", t.checkpoint_every, 1)
     _at_least("train.log_every", t.log_every, 1)

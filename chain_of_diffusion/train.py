@@ -158,6 +158,12 @@ def train_denoiser(
     model, optimizer = accelerator.prepare(unet, optimizer)
     progress = _Progress()
     accelerator.register_for_checkpointing(progress, lr_scheduler)
+    ema = None
+    if cfg.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=cfg.ema_decay)
+        accelerator.register_for_checkpointing(ema)
     resume = _latest_checkpoint(checkpoint_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -208,6 +214,8 @@ def train_denoiser(
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
         progress.step += 1
         window.append(mean_loss)
         if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
@@ -219,6 +227,8 @@ def train_denoiser(
             _save_checkpoint(accelerator, checkpoint_dir)
     bar.close()
     unet = accelerator.unwrap_model(model)
+    if ema is not None:  # the averaged weights are the model, as in diffusers' --use_ema
+        ema.copy_to(params)
     unet.eval()
     # drop accelerate's references so the next generation's prepare() starts clean
     accelerator._models.clear()

@@ -236,3 +236,21 @@ def test_two_processes_without_cpu_flag_are_stopped(tmp_path):
     assert proc.returncode != 0
     assert "ACCELERATE_USE_CPU=1" in proc.stderr
     assert not (tmp_path / "run" / "gen_00").exists()
+
+
+def test_batch_size_and_seed(finished_run: Path, tmp_path: Path):
+    """Same seed, other generation batch size: the same bytes; another seed: other images."""
+    out = tmp_path / "run"
+    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "generations=1",
+                   "sample.batch_size=7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = sorted(p.name for p in (finished_run / "gen_00" / "samples").glob("*.png"))
+    for name in names:
+        assert (out / "gen_00" / "samples" / name).read_bytes() == (
+            finished_run / "gen_00" / "samples" / name).read_bytes(), name
+    other = tmp_path / "other"
+    proc = run_cli("--config", str(SMOKE), f"output_dir={other}", *TINY_OVERRIDES, "generations=1", "seed=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    differing = sum((other / "gen_00" / "samples" / n).read_bytes() != (finished_run / "gen_00" / "samples" / n).read_bytes()
+                    for n in names)
+    assert differing == len(names)
