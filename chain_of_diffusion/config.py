@@ -177,6 +177,11 @@ def validate(cfg: ChainConfig) -> None:
             f"config key 'model.objective': {m.objective!r} is not implemented yet; use eps"
         )
     _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
+    if m.pretrained is not None:
+        raise ConfigError(
+            "config key 'model.pretrained': pretrained pipelines (LoRA chains) are not implemented yet; "
+            "leave it null to train model.arch from scratch"
+        )
     t = cfg.train
     _choice("train.mode", t.mode, TRAIN_MODES)
     if t.mode != "full":

@@ -43,6 +43,7 @@ from chain_of_diffusion.models.build import (
     encode_images,
     load_model,
     save_model,
+    set_attention,
 )
 from chain_of_diffusion.runs import RunDir, read_json
 from chain_of_diffusion.seeding import derive_seed, generator
@@ -153,6 +154,7 @@ def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accel
     elif init == "previous" and generation > 0:
         model.unet = load_model(run.stage_path(generation - 1, "train")).unet
     device = accelerator.device
+    set_attention(model.unet, cfg.train.attention, device)
     model.text_encoder.to(device)
     if model.vae is not None:
         model.vae.to(device)
@@ -201,6 +203,7 @@ def sample_requests(cfg: ChainConfig, run: RunDir, generation: int) -> list[dict
 def stage_generate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accelerator: Accelerator) -> int:
     """Every process: render this generation's samples into ``out`` (an imagefolder)."""
     model = load_model(run.stage_path(generation, "train"))
+    set_attention(model.unet, cfg.train.attention, accelerator.device)
     model.unet.to(accelerator.device)
     model.text_encoder.to(accelerator.device)
     if model.vae is not None:

@@ -183,6 +183,32 @@ def load_model(folder: str | Path) -> T2IModel:
     return T2IModel(unet.eval(), text_encoder.eval(), tokenizer, scheduler, vae)
 
 
+def set_attention(unet: UNet2DConditionModel, mode: str, device: torch.device) -> str:
+    """Choose the attention kernel: ``sdpa`` (PyTorch), ``xformers``, or ``auto`` (xformers on CUDA
+    when it imports, else SDPA). Asking for xformers where it cannot run is an error, not a
+    silent fallback. Returns the kernel used."""
+    if mode == "auto":
+        if device.type != "cuda":
+            return "sdpa"
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        mode = "xformers"
+    if mode == "xformers":
+        if device.type != "cuda":
+            raise ModelLoadError("train.attention=xformers needs a CUDA device (xformers has no CPU kernels)")
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except (ImportError, ModuleNotFoundError, ValueError) as err:
+            raise ModelLoadError(f"train.attention=xformers: {str(err).splitlines()[0]}") from None
+        return "xformers"
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    return "sdpa"
+
+
 @torch.no_grad()
 def encode_captions(model: T2IModel, captions: list[str], batch_size: int = 256) -> torch.Tensor:
     """Captions -> CLIP last hidden states (N, 77, D), as Stable Diffusion conditions on them."""

@@ -44,3 +44,16 @@ def test_same_seed_same_weights_different_seed_different():
     c = build_model(ModelConfig(), 16, seed=2).unet
     wa, wb, wc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_attention_choice():
+    import pytest
+
+    from chain_of_diffusion.models.build import ModelLoadError, set_attention
+
+    unet = build_model(ModelConfig(), 16, seed=0).unet
+    cpu = torch.device("cpu")
+    assert set_attention(unet, "auto", cpu) == "sdpa"
+    assert set_attention(unet, "sdpa", cpu) == "sdpa"
+    with pytest.raises(ModelLoadError, match="xformers"):
+        set_attention(unet, "xformers", cpu)
