@@ -59,7 +59,7 @@ def time_trainer_vs_plain(steps: int = 30, batch_size: int = 64) -> dict:
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     sched = model.noise_scheduler
     started = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, 512, (batch_size,))
         x0, cond = data.x0[idx], emb[data.caption_index[idx]]
         noise = torch.randn_like(x0)

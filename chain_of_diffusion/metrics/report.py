@@ -143,6 +143,23 @@ def read_metrics(path: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r.get("generation", -1) if _is_number(r.get("generation")) else -1)
 
 
+def _grid_captions(run_dir: Path) -> list[str]:
+    """The captions of the grid's columns, from the requests the engine rendered (first row)."""
+    path = run_dir / "reference" / "grid_requests.json"
+    if not path.is_file():
+        return []
+    try:
+        requests = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    seen: list[str] = []
+    for request in requests:
+        if request.get("text") in seen:
+            break
+        seen.append(request.get("text", ""))
+    return seen
+
+
 def _generation_grids(run_dir: Path) -> list[tuple[str, str]]:
     """(label, relative path) of the grid rows: ``real`` first, then every generation in order."""
     grids = []
@@ -222,6 +239,9 @@ def render_report(
     parts.append("<h2>Samples</h2>")
     if grids:
         parts.append("<p>Every row uses the same captions and seeds.</p>")
+        captions = _grid_captions(run_dir)
+        if captions:
+            parts.append(f"<p>Columns, left to right: {html.escape(' | '.join(captions))}</p>")
         for label, rel in grids:
             parts.append(
                 f'<div class="grid-row"><h3>{html.escape(label)}</h3>{_img(rel, label, "grid")}</div>'
