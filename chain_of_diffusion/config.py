@@ -106,8 +106,11 @@ class MixConfig:
 @dataclass(frozen=True)
 class SelectConfig:
     method: str = "none"
-    oversample: float = 1.0
-    features: str = "pixels"
+    oversample: float = 1.0  # generate oversample x N candidates, keep N
+    features: str = "pixels"  # pixels | classifier: the space distances are measured in
+    tau0: Optional[float] = None  # threshold_decay: start threshold (null = median NN distance)
+    alpha: float = 0.9  # threshold_decay: tau <- alpha * tau
+    decay_when: str = "empty_pass"  # threshold_decay: empty_pass | every_pass
 
 
 @dataclass(frozen=True)
@@ -219,11 +222,19 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)
     sel = cfg.select
     _choice("select.method", sel.method, SELECT_METHODS)
-    if sel.method not in ("none", "random"):
-        raise ConfigError(
-            f"config key 'select.method': {sel.method!r} is not implemented yet; use none or random"
-        )
+    if sel.method == "latent":
+        raise ConfigError("config key 'select.method': 'latent' is not implemented yet")
     _at_least("select.oversample", sel.oversample, 1.0)
+    _choice("select.features", sel.features, ("pixels", "classifier"))
+    _choice("select.decay_when", sel.decay_when, ("empty_pass", "every_pass"))
+    if sel.features == "classifier" and cfg.metrics.features != "classifier":
+        raise ConfigError(
+            "config key 'select.features': 'classifier' needs metrics.features=classifier (it trains the classifier)"
+        )
+    if not 0.0 < sel.alpha < 1.0:
+        raise ConfigError(f"config key 'select.alpha': must be in (0, 1), got {sel.alpha}")
+    if sel.tau0 is not None and sel.tau0 <= 0:
+        raise ConfigError(f"config key 'select.tau0': must be > 0 or null, got {sel.tau0}")
     from chain_of_diffusion.metrics import METRIC_NAMES  # late: metrics imports torch
 
     for name in cfg.metrics.names:

@@ -46,7 +46,7 @@ from chain_of_diffusion.models.build import (
     set_attention,
 )
 from chain_of_diffusion.runs import RunDir, read_json
-from chain_of_diffusion.seeding import derive_seed, generator
+from chain_of_diffusion.seeding import derive_seed
 from chain_of_diffusion.train import TrainData, train_denoiser
 
 log = logging.getLogger(__name__)
@@ -220,15 +220,26 @@ def stage_generate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
 
 def stage_select(cfg: ChainConfig, run: RunDir, generation: int, out: Path) -> dict:
     """Main process: keep the budget of this generation's samples for the next generation."""
-    samples = read_metadata(run.stage_path(generation, "generate"))
+    from chain_of_diffusion.select import select_indices
+
+    samples_dir = run.stage_path(generation, "generate")
+    samples = read_metadata(samples_dir)
     budget = cfg.sample.num_images or len(read_metadata(run.real / "train"))
     method = cfg.select.method
     if method == "none" or budget >= len(samples):
-        kept = samples
-    else:  # random: the control for the scoring selectors
-        perm = torch.randperm(len(samples), generator=generator(cfg.seed, "select", generation))
-        kept = [samples[i] for i in sorted(perm[:budget].tolist())]
-    records = [{**r, "file_name": f"../samples/{r['file_name']}", "score": None} for r in kept]
+        order = list(range(len(samples)))
+    else:
+        options = {}
+        if method == "threshold_decay":
+            options = {"tau0": cfg.select.tau0, "alpha": cfg.select.alpha, "decay_when": cfg.select.decay_when}
+        classifier = load_classifier(run.reference / "classifier") if cfg.select.features == "classifier" else None
+        features = _features(cfg, classifier, load_images(samples_dir, samples))
+        seed = derive_seed(cfg.seed, "select", generation)
+        order = select_indices(method, features, budget, seed=seed, **options).tolist()
+    # the rank a selector picked a sample at is its score (0 = first pick); none keeps all unranked
+    rank = {i: (k if method != "none" else None) for k, i in enumerate(order)}
+    records = [{**samples[i], "file_name": f"../samples/{samples[i]['file_name']}", "score": rank[i]}
+               for i in sorted(order)]
     write_metadata(out, records)
     return {"method": method, "num_candidates": len(samples), "num_selected": len(records)}
 

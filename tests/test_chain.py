@@ -258,3 +258,17 @@ def test_batch_size_and_seed(finished_run: Path, tmp_path: Path):
     differing = sum((other / "gen_00" / "samples" / n).read_bytes() != (finished_run / "gen_00" / "samples" / n).read_bytes()
                     for n in names)
     assert differing == len(names)
+
+
+def test_greedy_entropy_selection_keeps_the_budget(tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_cli("--config", str(SMOKE), "--config", str(ROOT / "configs" / "mitigations" / "greedy_entropy.yaml"),
+                   f"output_dir={out}", *TINY_OVERRIDES, "generations=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from chain_of_diffusion.data.imageset import read_metadata
+
+    samples = read_metadata(out / "gen_00" / "samples")
+    selected = read_metadata(out / "gen_00" / "selected")
+    assert len(samples) == 96 and len(selected) == 48  # oversample 2, keep N
+    assert sorted(r["score"] for r in selected) == list(range(48))
+    assert all((out / "gen_00" / "selected" / r["file_name"]).is_file() for r in selected)

@@ -50,7 +50,8 @@ def test_wrong_type_names_the_key():
     "override, key",
     [("generations=0", "generations"), ("generations=-2", "generations"), ("train.lr=0", "train.lr"),
      ("train.condition_drop=1.5", "train.condition_drop"), ("mix.policy=keep", "mix.policy"),
-     ("data.source=mnist", "data.source"), ("metrics.names=[fid_bogus]", "metrics.names")],
+     ("data.source=mnist", "data.source"), ("metrics.names=[fid_bogus]", "metrics.names"),
+     ("select.alpha=1.5", "select.alpha"), ("select.method=latent", "select.method")],
 )
 def test_out_of_range_values(override, key):
     with pytest.raises(ConfigError, match=key):
