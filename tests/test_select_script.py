@@ -19,7 +19,7 @@ def _image_set(folder, n=12):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "select.py"), *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "select_images.py"), *args], capture_output=True, text=True)
 
 
 def test_select_script_curates_an_image_set(tmp_path):

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Curate any imagefolder data set with the chain's selectors.
 
-    python scripts/select.py --in samples/ --out curated/ --method greedy_entropy --budget 500 --features pixels
+(Not ``select.py``: a script of that name shadows the standard library's ``select`` module for
+every script in the same folder, since Python puts the script's folder first on the import path.)
+
+    python scripts/select_images.py --in samples/ --out curated/ --method greedy_entropy --budget 500 --features pixels
 
 Reads ``--in`` (PNG/JPEG files + ``metadata.jsonl``), picks ``--budget`` images, and writes them
 with their metadata (plus ``score``: the rank at which each was picked) as a new image set in
@@ -10,17 +13,10 @@ with their metadata (plus ``score``: the rank at which each was picked) as a new
 
 from __future__ import annotations
 
-import os
+import argparse
+import shutil
 import sys
-
-# This file's name shadows the standard library's `select` module for everything imported after
-# it (subprocess, asyncio, ...): take this folder off the import path first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 SIZE = 32  # pixel features: every image resized to SIZE x SIZE so mixed sizes compare
 
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when}
         order = select_indices(args.method, features, args.budget, seed=args.seed, **options).tolist()
     except (ValueError, ImageSetError) as err:
-        print(f"select.py: error: {err}", file=sys.stderr)
+        print(f"select_images.py: error: {err}", file=sys.stderr)
         return 2
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""Compare finished chains: one plot per metric with a curve per variant (mean and min-max band
+over seeds), and a markdown table of the last generation, as the mitigation papers print them.
+
+A run's variant is the name of its folder, or of the parent folder when the run folder is named
+``seed<N>`` (the layout ``scripts/sweep.py`` writes: ``<out>/<variant>/seed<N>/``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+SKIP = {"generation", "num_skipped_files", "num_train_images"}
+
+
+def variant_of(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    return run_dir.parent.name if re.fullmatch(r"seed\d+", run_dir.name) else run_dir.name
+
+
+def load_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
+    """variant -> one list of metrics rows (by generation) per run."""
+    runs: dict[str, list[list[dict]]] = defaultdict(list)
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no metrics.jsonl (not a finished chain)")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        runs[variant_of(Path(run_dir))].append(rows)
+    return dict(runs)
+
+
+def metric_names(runs: dict[str, list[list[dict]]]) -> list[str]:
+    names: list[str] = []
+    for variant_runs in runs.values():
+        for rows in variant_runs:
+            for row in rows:
+                for key, value in row.items():
+                    if key in SKIP or key.endswith("_reference") or key in names:
+                        continue
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        names.append(key)
+    return names
+
+
+def _stats(values: list[float]) -> tuple[float, float, float, float]:
+    """(mean, std, min, max) of finite values; NaNs where there are none."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return (math.nan,) * 4
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return mean, std, min(finite), max(finite)
+
+
+def curves(runs: dict[str, list[list[dict]]], metric: str) -> dict[str, list[tuple[int, float, float, float]]]:
+    """variant -> [(generation, mean, min, max)] over its seeds."""
+    out = {}
+    for variant, variant_runs in runs.items():
+        by_gen: dict[int, list[float]] = defaultdict(list)
+        for rows in variant_runs:
+            for row in rows:
+                if metric in row:
+                    by_gen[row["generation"]].append(row[metric])
+        points = []
+        for g in sorted(by_gen):
+            mean, _, lo, hi = _stats(by_gen[g])
+            points.append((g, mean, lo, hi))
+        out[variant] = points
+    return out
+
+
+def last_generation_table(runs: dict[str, list[list[dict]]], metrics: list[str]) -> str:
+    """Markdown: one row per variant, mean ± std over seeds of each metric at its last generation."""
+    header = "| variant | seeds | generation | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (3 + len(metrics))]
+    for variant, variant_runs in runs.items():
+        last = [rows[-1] for rows in variant_runs if rows]
+        if not last:
+            continue
+        cells = []
+        for metric in metrics:
+            mean, std, _, _ = _stats([row.get(metric) for row in last])
+            cells.append("-" if math.isnan(mean) else f"{mean:.3g} ± {std:.2g}")
+        gens = sorted({row["generation"] for row in last})
+        lines.append(f"| {variant} | {len(last)} | {'/'.join(map(str, gens))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs: dict[str, list[list[dict]]], out_dir: Path) -> list[Path]:
+    """One PNG per metric: a line per variant (mean) with its min-max band over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for metric in metric_names(runs):
+        fig = Figure(figsize=(5.5, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for variant, points in curves(runs, metric).items():
+            if not points:
+                continue
+            gens = [p[0] for p in points]
+            line = ax.plot(gens, [p[1] for p in points], marker="o", label=variant)[0]
+            ax.fill_between(gens, [p[2] for p in points], [p[3] for p in points], alpha=0.2,
+                            color=line.get_color())
+        ax.set_xlabel("generation")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path, dpi=100)
+        paths.append(path)
+    return paths
+
+
+def compare(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Write the plots and ``comparison.md`` into ``out_dir``; return the markdown path."""
+    runs = load_runs(run_dirs)
+    plots = plot_comparison(runs, out_dir)
+    table = last_generation_table(runs, metric_names(runs))
+    md = Path(out_dir) / "comparison.md"
+    images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+    md.write_text(f"# Comparison of {sum(len(r) for r in runs.values())} runs\n\nLast generation, mean ± std over seeds:\n\n{table}\n{images}\n")
+    return md

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Run a chain per (variant, seed): ``python scripts/sweep.py --config BASE.yaml --variants
+baseline,rediFine,greedy_entropy --seeds 3 [--out runs/sweep] [--jobs 2] [key=value ...]``.
+
+A variant is ``baseline`` (BASE alone) or the name of a preset in ``configs/mitigations/``, merged
+after BASE. Each run goes to ``<out>/<variant>/seed<N>/`` through ``scripts/chain.py``, so a killed
+sweep resumes where it stopped when re-run. Then ``scripts/compare.py <out>/*/seed*`` compares them.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "configs" / "mitigations"
+
+
+def known_variants() -> list[str]:
+    return ["baseline"] + sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def commands(args) -> list[tuple[str, list[str]]]:
+    out = []
+    for variant in args.variants.split(","):
+        configs = [c for base in args.config for c in ("--config", base)]
+        if variant != "baseline":
+            configs += ["--config", str(PRESETS / f"{variant}.yaml")]
+        for seed in range(args.seeds):
+            run_dir = Path(args.out) / variant / f"seed{seed}"
+            cmd = [sys.executable, str(ROOT / "scripts" / "chain.py"), *configs, *args.overrides,
+                   f"seed={seed}", f"output_dir={run_dir}"]
+            out.append((f"{variant}/seed{seed}", cmd))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", default=[], help="base config(s), merged left to right")
+    p.add_argument("--variants", default="baseline", help=f"comma-separated, from: {', '.join(known_variants())}")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--jobs", type=int, default=1, help="chains at once (each gets cores / jobs threads)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in known_variants()]
+    if unknown or args.seeds < 1 or args.jobs < 1:
+        what = f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known_variants())}" if unknown \
+            else "--seeds and --jobs must be >= 1"
+        print(f"sweep.py: error: {what}", file=sys.stderr)
+        return 2
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if args.jobs > 1 else dict(os.environ)
+    pending, running, failed = commands(args), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, cmd = pending.pop(0)
+            print(f"[sweep] start {name}", flush=True)
+            running.append((name, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                   text=True)))
+        for name, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((name, proc))
+                err = proc.stderr.read().strip().splitlines()
+                print(f"[sweep] {name}: {'done' if proc.returncode == 0 else 'FAILED: ' + (err[-1] if err else '')}",
+                      flush=True)
+                if proc.returncode != 0:
+                    failed.append(name)
+        time.sleep(0.5)
+    print(f"[sweep] compare with: python scripts/compare.py {args.out}/*/seed*")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
