@@ -13,3 +13,13 @@ def test_every_script_starts(script):
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower()
+
+
+def test_no_script_shadows_a_module_the_others_import():
+    # Python puts a script's folder first on sys.path, so scripts/select.py would replace the
+    # standard library's select for subprocess, torch and every other script there
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import subprocess, selectors, torch, accelerate"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stdlib = set(sys.stdlib_module_names)
+    assert not [s.stem for s in SCRIPTS if s.stem in stdlib]
