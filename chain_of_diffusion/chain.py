@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from typing import Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
 from chain_of_diffusion.runs import (
+    ONCE_STAGES,
     STAGES,
     RunDir,
     RunDirError,
@@ -29,8 +31,6 @@ from chain_of_diffusion.runs import (
 )
 
 log = logging.getLogger("chain_of_diffusion")
-
-ONCE_STAGES = ("real", "reference")
 
 
 class LaunchError(RuntimeError):
@@ -48,7 +48,7 @@ def planned_stages(cfg: ChainConfig, run: Optional[RunDir] = None) -> list[tuple
     """Every stage of the chain in order, with whether it is already finished on disk."""
     plan = []
     for stage in ONCE_STAGES:
-        plan.append((stage, bool(run and (run.root / stage).is_dir())))
+        plan.append((stage, bool(run and run.is_done(None, stage))))
     for g in range(cfg.generations):
         for stage in STAGES:
             plan.append((f"gen {g} {stage}", bool(run and run.is_done(g, stage))))
@@ -118,10 +118,11 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 def metrics_table(rows: list[dict], keys: Optional[list[str]] = None) -> str:
     """A small fixed-width table of metrics per generation for the terminal."""
+    from chain_of_diffusion.metrics.report import BOOKKEEPING, numeric_metrics
+
     if not rows:
         return "(no generation finished yet)"
-    skip = {"generation", "num_skipped_files", "num_train_images"}
-    keys = keys or [k for k in rows[0] if k not in skip and isinstance(rows[0][k], (int, float))]
+    keys = keys or [k for k in numeric_metrics(rows) if k not in BOOKKEEPING]
     header = "gen  " + "  ".join(f"{k:>14s}" for k in keys)
     lines = [header]
     for row in rows:
@@ -145,8 +146,6 @@ def collect_metrics(run: RunDir, generations: int) -> list[dict]:
 def write_derived(run: RunDir, cfg: ChainConfig) -> list[dict]:
     """Rebuild the files derived from finished stages: gen_XX/metrics.json, grids, metrics.jsonl,
     report.html. Idempotent, so a kill between a stage and this step is repaired on resume."""
-    import shutil
-
     from chain_of_diffusion.metrics.report import write_report
 
     rows = collect_metrics(run, cfg.generations)
@@ -197,21 +196,14 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
         ran: list[str] = []
 
         def once(name: str, fn) -> None:
-            folder = run.root / name
-            if folder.is_dir():
+            if run.is_done(None, name):
                 return
-            tmp = run.root / f".tmp_{name}"
             started = time.time()
             say(f"[{name}] ...")
             if main:
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
+                tmp = run.fresh_tmp(None, name)
                 summary = fn(tmp)
-                os.replace(tmp, folder)
-                state[name] = True
-                run.save_state(state)
+                run.commit_stage(state, None, name, tmp)
                 log.info("%s done in %.1fs: %s", name, time.time() - started, summary)
             accelerator.wait_for_everyone()
             ran.append(name)

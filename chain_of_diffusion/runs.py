@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 STAGES = ("mix", "train", "generate", "select", "evaluate")
+# stages run once per chain, before generation 0 (generation=None below); folder = stage name
+ONCE_STAGES = ("real", "reference")
 # the folder each stage produces inside gen_XX/
 STAGE_FOLDERS = {
     "mix": "train_set",
@@ -88,11 +90,15 @@ class RunDir:
     def gen(self, generation: int) -> Path:
         return self.root / f"gen_{generation:02d}"
 
-    def stage_path(self, generation: int, stage: str) -> Path:
+    def stage_path(self, generation: Optional[int], stage: str) -> Path:
+        """The folder a stage produces; ``generation=None`` for the once-per-chain stages."""
+        if generation is None:
+            return self.root / stage
         return self.gen(generation) / STAGE_FOLDERS[stage]
 
-    def tmp_stage_path(self, generation: int, stage: str) -> Path:
-        return self.gen(generation) / f".tmp_{STAGE_FOLDERS[stage]}"
+    def tmp_stage_path(self, generation: Optional[int], stage: str) -> Path:
+        final = self.stage_path(generation, stage)
+        return final.with_name(f".tmp_{final.name}")
 
     # ---- lock ---------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -133,12 +139,12 @@ class RunDir:
     def save_state(self, state: dict) -> None:
         atomic_write_json(self.state_path, state)
 
-    def is_done(self, generation: int, stage: str) -> bool:
+    def is_done(self, generation: Optional[int], stage: str) -> bool:
         # the rename into place is the commit point; state.json follows it and may lag by one
         # stage after a kill, so the folder is what decides
         return self.stage_path(generation, stage).exists()
 
-    def fresh_tmp(self, generation: int, stage: str) -> Path:
+    def fresh_tmp(self, generation: Optional[int], stage: str) -> Path:
         """An empty temporary folder for a stage (leftovers of a killed attempt removed)."""
         tmp = self.tmp_stage_path(generation, stage)
         if tmp.exists():
@@ -146,7 +152,7 @@ class RunDir:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit_stage(self, state: dict, generation: int, stage: str, tmp: Optional[Path] = None) -> None:
+    def commit_stage(self, state: dict, generation: Optional[int], stage: str, tmp: Optional[Path] = None) -> None:
         """Rename the stage's temp folder into place, then record the stage in ``state.json``."""
         tmp = tmp or self.tmp_stage_path(generation, stage)
         final = self.stage_path(generation, stage)
@@ -156,7 +162,10 @@ class RunDir:
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, final)
-        state["done"].setdefault(str(generation), [])
-        if stage not in state["done"][str(generation)]:
-            state["done"][str(generation)].append(stage)
+        if generation is None:
+            state[stage] = True
+        else:
+            state["done"].setdefault(str(generation), [])
+            if stage not in state["done"][str(generation)]:
+                state["done"][str(generation)].append(stage)
         self.save_state(state)

@@ -136,15 +136,22 @@ def stage_mix(cfg: ChainConfig, run: RunDir, generation: int, out: Path) -> dict
     return stats
 
 
-def _load_base(run: RunDir):
-    return load_model(run.reference / "base_model")
+def _on_device(model, cfg: ChainConfig, device):
+    """The model with the configured attention kernel, moved to ``device``."""
+    set_attention(model.unet, cfg.train.attention, device)
+    return model.to(device)
+
+
+def selection_budget(cfg: ChainConfig, run: RunDir) -> int:
+    """N, the images a generation keeps: sample.num_images, or one per real training caption."""
+    return cfg.sample.num_images or len(read_metadata(run.real / "train"))
 
 
 def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accelerator: Accelerator) -> dict:
     """Every process: train generation ``generation``'s UNet on its training set, save to ``out``."""
     train_dir = run.stage_path(generation, "mix")
     records = read_metadata(train_dir)
-    model = _load_base(run)
+    model = load_model(run.reference / "base_model")
     init = cfg.train.init
     if init == "scratch":
         model.unet = build_unet(
@@ -153,11 +160,7 @@ def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accel
         )
     elif init == "previous" and generation > 0:
         model.unet = load_model(run.stage_path(generation - 1, "train")).unet
-    device = accelerator.device
-    set_attention(model.unet, cfg.train.attention, device)
-    model.text_encoder.to(device)
-    if model.vae is not None:
-        model.vae.to(device)
+    _on_device(model, cfg, accelerator.device)
     images = load_images(train_dir, records)
     x0 = encode_images(model, images)
     captions = sorted({r["text"] for r in records})
@@ -191,8 +194,7 @@ def remove_train_checkpoints(run: RunDir, generation: int) -> None:
 def sample_requests(cfg: ChainConfig, run: RunDir, generation: int) -> list[dict]:
     """One request per training caption of the real set (the chain's "same captions")."""
     captions = [r["text"] for r in read_metadata(run.real / "train")]
-    base = cfg.sample.num_images or len(captions)
-    count = math.ceil(base * cfg.select.oversample)
+    count = math.ceil(selection_budget(cfg, run) * cfg.select.oversample)
     return [
         {"index": i, "text": captions[i % len(captions)], "seed": derive_seed(cfg.seed, "sample", generation, i),
          "source": "synthetic", "generation": generation}
@@ -202,12 +204,7 @@ def sample_requests(cfg: ChainConfig, run: RunDir, generation: int) -> list[dict
 
 def stage_generate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accelerator: Accelerator) -> int:
     """Every process: render this generation's samples into ``out`` (an imagefolder)."""
-    model = load_model(run.stage_path(generation, "train"))
-    set_attention(model.unet, cfg.train.attention, accelerator.device)
-    model.unet.to(accelerator.device)
-    model.text_encoder.to(accelerator.device)
-    if model.vae is not None:
-        model.vae.to(accelerator.device)
+    model = _on_device(load_model(run.stage_path(generation, "train")), cfg, accelerator.device)
     records = generate_image_set(
         model, sample_requests(cfg, run, generation), cfg.sample, out, accelerator,
         desc=f"gen {generation} generate",
@@ -224,7 +221,7 @@ def stage_select(cfg: ChainConfig, run: RunDir, generation: int, out: Path) -> d
 
     samples_dir = run.stage_path(generation, "generate")
     samples = read_metadata(samples_dir)
-    budget = cfg.sample.num_images or len(read_metadata(run.real / "train"))
+    budget = selection_budget(cfg, run)
     method = cfg.select.method
     if method == "none" or budget >= len(samples):
         order = list(range(len(samples)))
@@ -284,7 +281,7 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     metrics["num_skipped_files"] = read_json(run.real / "summary.json", {}).get("num_skipped", 0)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     # the report's row for this generation: fixed captions and seeds, so rows compare directly
-    model = load_model(run.stage_path(generation, "train"))
+    model = _on_device(load_model(run.stage_path(generation, "train")), cfg, accelerator.device)
     requests = json.loads((run.reference / "grid_requests.json").read_text())
     grid = render(model, requests, cfg.sample)
     make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=_grid_scale(cfg)).save(out / "grid.png")

@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-SIZE = 32  # pixel features: every image resized to SIZE x SIZE so mixed sizes compare
+SIZE = 32  # pixel features: every image brought to SIZE x SIZE, as the chain's data sources do
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         read_metadata,
         write_metadata,
     )
+    from chain_of_diffusion.data.transforms import to_resolution
     from chain_of_diffusion.select import select_indices
 
     src, out = Path(args.src), Path(args.out)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             path = image_path(src, record)
             try:
                 with Image.open(path) as im:
-                    images.append(im.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+                    images.append(to_resolution(im, SIZE))
             except OSError as err:
                 raise ValueError(f"{path}: cannot read image ({err})") from None
         features = pil_to_tensor(images).flatten(1)

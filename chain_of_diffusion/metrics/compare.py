@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-SKIP = {"generation", "num_skipped_files", "num_train_images"}
+from chain_of_diffusion.metrics.report import BOOKKEEPING, numeric_metrics
 
 
 def variant_of(run_dir: Path) -> str:
@@ -34,16 +34,9 @@ def load_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
 
 
 def metric_names(runs: dict[str, list[list[dict]]]) -> list[str]:
-    names: list[str] = []
-    for variant_runs in runs.values():
-        for rows in variant_runs:
-            for row in rows:
-                for key, value in row.items():
-                    if key in SKIP or key.endswith("_reference") or key in names:
-                        continue
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        names.append(key)
-    return names
+    """The quality metrics any run reports, in first-seen order."""
+    all_rows = [row for variant_runs in runs.values() for rows in variant_runs for row in rows]
+    return [name for name in numeric_metrics(all_rows) if name not in BOOKKEEPING]
 
 
 def _stats(values: list[float]) -> tuple[float, float, float, float]:

@@ -23,6 +23,9 @@ from torch import Tensor
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
 REFERENCE_SUFFIX = "_reference"
+# Counts in metrics.jsonl that describe the run, not the samples' quality: the terminal table and
+# the comparison of runs leave them out.
+BOOKKEEPING = ("num_skipped_files", "num_train_images")
 # Display width of every grid in the page, so 16x16 images are visible and rows line up.
 GRID_DISPLAY_WIDTH_PX = 768
 _GEN_DIR = re.compile(r"^gen_(\d+)$")

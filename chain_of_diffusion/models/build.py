@@ -36,6 +36,13 @@ class T2IModel:
     noise_scheduler: DDPMScheduler
     vae: Optional[AutoencoderKL] = None
 
+    def to(self, device: torch.device | str) -> T2IModel:
+        """Move every network to ``device``; returns the model."""
+        for net in (self.unet, self.text_encoder, self.vae):
+            if net is not None:
+                net.to(device)
+        return self
+
     @property
     def image_channels(self) -> int:
         return 3
