@@ -99,12 +99,25 @@ def _check_existing(run: RunDir, cfg: ChainConfig) -> None:
     if saved is None:
         return
     new = json.loads(json.dumps(fingerprint_dict(cfg)))
-    diffs = sorted(_diff_keys(saved, new))
+    # a key added to the package after the run was made counts as its default, so upgrading
+    # the package does not strand runs made before
+    defaults = json.loads(json.dumps(fingerprint_dict(ChainConfig())))
+    diffs = sorted(_diff_keys(_with_defaults(saved, defaults), new))
     if diffs:
         raise RunDirError(
             f"{run.root}: holds a run with a different config (changed: {', '.join(diffs[:5])}); "
             "use another output_dir or restore those values"
         )
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _diff_keys(a, b, prefix: str = "") -> list[str]:

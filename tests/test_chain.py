@@ -272,3 +272,20 @@ def test_greedy_entropy_selection_keeps_the_budget(tmp_path: Path):
     assert len(samples) == 96 and len(selected) == 48  # oversample 2, keep N
     assert sorted(r["score"] for r in selected) == list(range(48))
     assert all((out / "gen_00" / "selected" / r["file_name"]).is_file() for r in selected)
+
+
+def test_run_made_before_a_new_config_key_still_resumes(finished_run: Path):
+    # a run directory written before select.alpha existed: its fingerprint lacks the key
+    path = finished_run / "fingerprint.json"
+    original = path.read_text()
+    old = json.loads(original)
+    del old["select"]["alpha"]
+    path.write_text(json.dumps(old))
+    try:
+        proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "nothing to do" in proc.stdout
+        changed = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES, "select.alpha=0.5")
+        assert changed.returncode == 2 and "select.alpha" in changed.stderr
+    finally:
+        path.write_text(original)
