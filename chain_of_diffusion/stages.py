@@ -142,6 +142,11 @@ def _on_device(model, cfg: ChainConfig, device):
     return model.to(device)
 
 
+def load_trained(cfg: ChainConfig, run: RunDir, generation: int):
+    """Generation ``generation``'s trained model (on the CPU), whatever the training mode saved."""
+    return load_model(run.stage_path(generation, "train"))
+
+
 def selection_budget(cfg: ChainConfig, run: RunDir) -> int:
     """N, the images a generation keeps: sample.num_images, or one per real training caption."""
     return cfg.sample.num_images or len(read_metadata(run.real / "train"))
@@ -204,7 +209,7 @@ def sample_requests(cfg: ChainConfig, run: RunDir, generation: int) -> list[dict
 
 def stage_generate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accelerator: Accelerator) -> int:
     """Every process: render this generation's samples into ``out`` (an imagefolder)."""
-    model = _on_device(load_model(run.stage_path(generation, "train")), cfg, accelerator.device)
+    model = _on_device(load_trained(cfg, run, generation), cfg, accelerator.device)
     records = generate_image_set(
         model, sample_requests(cfg, run, generation), cfg.sample, out, accelerator,
         desc=f"gen {generation} generate",
@@ -281,7 +286,7 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     metrics["num_skipped_files"] = read_json(run.real / "summary.json", {}).get("num_skipped", 0)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     # the report's row for this generation: fixed captions and seeds, so rows compare directly
-    model = _on_device(load_model(run.stage_path(generation, "train")), cfg, accelerator.device)
+    model = _on_device(load_trained(cfg, run, generation), cfg, accelerator.device)
     requests = json.loads((run.reference / "grid_requests.json").read_text())
     grid = render(model, requests, cfg.sample)
     make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=_grid_scale(cfg)).save(out / "grid.png")
