@@ -5,9 +5,9 @@ Methods (all seeded, all return distinct indices in selection order):
 * ``random``: a uniform random subset.
 * ``greedy_entropy``: farthest-point selection (Shi et al. 2025): from a random start, repeatedly
   add the candidate farthest from its nearest already-selected point.
-* ``threshold_decay``: Threshold Decay Filter: passes over the candidates in a fixed random order
-  add a candidate when it lies farther than ``tau`` from every selected point; ``tau`` shrinks by
-  ``alpha`` between passes.
+* ``threshold_decay``: Threshold Decay Filter: passes over a seeded stream of the candidates add
+  a candidate when it lies farther than ``tau`` from every selected point; ``tau`` shrinks by
+  ``alpha`` after every pass or only after a pass that added nothing (``decay_when``).
 
 Distances are Euclidean in float32, computed directly (``|x - c|``) chunk by chunk, so memory is
 O(chunk_size * D + N), never O(N * N), and a chunked run gives exactly the unchunked result.
@@ -78,33 +78,51 @@ def select_threshold_decay(
     tau0: float | None = None,
     alpha: float = 0.9,
     decay_when: str = "empty_pass",
+    pass_size: int | None = None,
     chunk_size: int = 8192,
 ) -> Tensor:
-    """Threshold Decay Filter.
+    """Threshold Decay Filter (Shi et al. 2025, arXiv 2509.16499).
 
-    Each pass visits the not-yet-selected candidates in one seeded random order (fixed for the
-    call) and adds a candidate when its distance to every selected point exceeds ``tau`` (the very
-    first candidate is always added); selection stops as soon as ``budget`` points are chosen.
-    Then ``tau <- alpha * tau``: only after a pass that added nothing (``decay_when="empty_pass"``,
-    the paper's text) or after every pass (``"every_pass"``, its released code). Once ``tau`` falls
-    below :data:`MIN_TAU` the remaining candidates are taken in the pass order.
+    The candidates form a stream: one seeded random order (fixed for the call), read in passes of
+    ``pass_size`` candidates, like the batches an online filter sees as a generator produces them.
+    Within a pass each candidate is added when its distance to every selected point exceeds
+    ``tau`` (the very first candidate is always added); selection stops as soon as ``budget``
+    points are chosen. When the stream's end is reached it starts again over the candidates not
+    selected yet. After a pass, ``tau <- alpha * tau``:
 
-    With the order fixed and each candidate compared with every point selected so far, a pass
-    after one that added something adds nothing (distances to the selected set only shrink), so
-    the two ``decay_when`` modes select the same indices; ``"empty_pass"`` spends one more pass
-    over the candidates per decay.
+    * ``decay_when="empty_pass"`` (the paper's text): only after a pass that added nothing, so
+      every pass of fresh candidates is first judged at the threshold the earlier ones met;
+    * ``decay_when="every_pass"`` (its released code): after every pass, so ``tau`` falls as the
+      stream is read and later candidates face a smaller threshold.
+
+    The two differ only when a pass is shorter than what is left of the stream: a candidate that
+    fails once keeps failing at the same ``tau`` (distances to the selected set only shrink), so
+    with ``pass_size`` >= N a pass after one that added something adds nothing and both modes
+    select the same points. Once ``tau`` falls below :data:`MIN_TAU` the remaining candidates are
+    taken in stream order.
 
     Args:
+        features: (N, D) candidate features.
+        budget: how many to keep, 1 <= budget <= N.
         tau0: starting threshold; None: the median nearest-neighbour distance of the candidates.
         alpha: decay factor, 0 < alpha < 1.
         decay_when: ``"empty_pass"`` or ``"every_pass"``.
+        pass_size: candidates per pass, >= 1; None: ``budget`` (N kept of 2N candidates: two
+            passes per sweep of the stream).
         chunk_size: rows per chunk in the distance computations.
+
+    Returns:
+        (budget,) int64 indices in selection order.
     """
     _check_chunk_size(chunk_size)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if decay_when not in ("empty_pass", "every_pass"):
         raise ValueError(f"decay_when must be 'empty_pass' or 'every_pass', got {decay_when!r}")
+    if pass_size is None:
+        pass_size = budget
+    if isinstance(pass_size, bool) or not isinstance(pass_size, int) or pass_size < 1:
+        raise ValueError(f"pass_size must be an int >= 1 or None, got {pass_size!r}")
     x = features.detach().to(torch.float32)
     n = x.shape[0]
     if tau0 is None:
@@ -125,30 +143,31 @@ def select_threshold_decay(
     selected = torch.zeros(n, dtype=torch.bool, device=x.device)
     picks: list[int] = []
 
-    while len(picks) < budget:
-        if tau < MIN_TAU:
-            rest = order[~selected[order]]
-            picks.extend(rest[: budget - len(picks)].tolist())
-            break
-        pos, added = 0, 0
-        while pos < n:
-            ok = min_dist[order[pos:]] > tau
-            if not bool(ok.any()):
+    while len(picks) < budget:  # one sweep of the stream: the candidates not selected yet
+        stream = order[~selected[order]]
+        for start in range(0, stream.shape[0], pass_size):
+            if tau < MIN_TAU:
+                rest = order[~selected[order]]
+                picks.extend(rest[: budget - len(picks)].tolist())
                 break
-            p = pos + int(torch.argmax(ok.to(torch.int8)).item())
-            idx = int(order[p].item())
-            picks.append(idx)
-            selected[idx] = True
-            added += 1
+            window = stream[start : start + pass_size]
+            pos, added = 0, 0
+            while pos < window.shape[0] and len(picks) < budget:
+                ok = min_dist[window[pos:]] > tau
+                if not bool(ok.any()):
+                    break
+                p = pos + int(torch.argmax(ok.to(torch.int8)).item())
+                idx = int(window[p].item())
+                picks.append(idx)
+                selected[idx] = True
+                added += 1
+                torch.minimum(min_dist, _dists_to(x, x[idx], chunk_size), out=min_dist)
+                min_dist[idx] = 0.0
+                pos = p + 1
             if len(picks) >= budget:
                 break
-            torch.minimum(min_dist, _dists_to(x, x[idx], chunk_size), out=min_dist)
-            min_dist[idx] = 0.0
-            pos = p + 1
-        if len(picks) >= budget:
-            break
-        if decay_when == "every_pass" or added == 0:
-            tau *= alpha
+            if decay_when == "every_pass" or added == 0:
+                tau *= alpha
     return torch.tensor(picks, dtype=torch.long)
 
 

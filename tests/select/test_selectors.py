@@ -15,22 +15,30 @@ def _grid(n=11):
     return torch.arange(n, dtype=torch.float32).unsqueeze(1)
 
 
-def _reference_threshold_decay(x, budget, order, tau, alpha, decay_when):
-    """Literal, loop-by-loop Threshold Decay Filter for comparison."""
+def _reference_threshold_decay(x, budget, order, tau, alpha, decay_when, pass_size):
+    """Literal, loop-by-loop Threshold Decay Filter over a stream read in passes, for comparison."""
     picks = []
     while len(picks) < budget:
-        added = 0
-        for i in order.tolist():
-            if i in picks:
-                continue
-            if all((x[i] - x[j]).norm().item() > tau for j in picks):
-                picks.append(i)
-                added += 1
-                if len(picks) == budget:
-                    return picks
-        if decay_when == "every_pass" or added == 0:
-            tau *= alpha
+        stream = [i for i in order.tolist() if i not in picks]
+        for start in range(0, len(stream), pass_size):
+            added = 0
+            for i in stream[start : start + pass_size]:
+                if all((x[i] - x[j]).norm().item() > tau for j in picks):
+                    picks.append(i)
+                    added += 1
+                    if len(picks) == budget:
+                        return picks
+            if decay_when == "every_pass" or added == 0:
+                tau *= alpha
     return picks
+
+
+def _in_stream_order(values, seed):
+    """(N, 1) features whose seeded stream (the selector's random order) reads ``values`` in turn."""
+    order = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed))
+    x = torch.empty(len(values), 1)
+    x[order, 0] = torch.tensor(values, dtype=torch.float32)
+    return x, order
 
 
 def test_registry_names():
@@ -112,7 +120,7 @@ def test_chunked_equals_unchunked(method):
 def test_threshold_decay_first_picks_far_apart_on_grid():
     x = _grid(101)
     for seed in range(10):
-        picks = select_indices("threshold_decay", x, 3, seed=seed, tau0=40.0, alpha=0.5)
+        picks = select_indices("threshold_decay", x, 3, seed=seed, tau0=40.0, alpha=0.5, pass_size=101)
         p = x[picks]
         d = torch.cdist(p, p) + torch.eye(3) * 1e9
         # two picks at tau=40 (every grid point has an end >= 50 away), the third at tau >= 20
@@ -120,22 +128,48 @@ def test_threshold_decay_first_picks_far_apart_on_grid():
         assert d.min().item() > 20
 
 
+@pytest.mark.parametrize("pass_size", [7, 25, 80])
 @pytest.mark.parametrize("decay_when", ["empty_pass", "every_pass"])
-def test_threshold_decay_matches_reference(decay_when):
+def test_threshold_decay_matches_reference(decay_when, pass_size):
     x = _feats(n=80, d=2, seed=4)
     seed = 5
     order = torch.randperm(80, generator=torch.Generator().manual_seed(seed))
-    got = select_indices("threshold_decay", x, 25, seed=seed, tau0=2.0, alpha=0.7, decay_when=decay_when)
-    assert got.tolist() == _reference_threshold_decay(x, 25, order, 2.0, 0.7, decay_when)
+    got = select_indices(
+        "threshold_decay", x, 25, seed=seed, tau0=2.0, alpha=0.7, decay_when=decay_when, pass_size=pass_size
+    )
+    assert got.tolist() == _reference_threshold_decay(x, 25, order, 2.0, 0.7, decay_when, pass_size)
 
 
-def test_threshold_decay_default_tau0_and_modes_run():
+def test_threshold_decay_modes_differ_on_a_known_stream():
+    # stream 0, 5 | 2, 2.2 | 10, 11 in passes of 2, tau0 = 3, alpha = 0.6, keep 3:
+    # pass 1 adds 0 and 5 in both modes. every_pass: tau -> 1.8, so pass 2 adds 2 (2 from 0, 3
+    # from 5). empty_pass: pass 2 is judged at tau = 3 and adds nothing (2 and 2.2 lie within 3 of
+    # 0); only then tau -> 1.8, and pass 3 adds 10.
+    x, _ = _in_stream_order([0.0, 5.0, 2.0, 2.2, 10.0, 11.0], seed=0)
+    kw = dict(seed=0, tau0=3.0, alpha=0.6, pass_size=2)
+    empty = select_indices("threshold_decay", x, 3, decay_when="empty_pass", **kw)
+    every = select_indices("threshold_decay", x, 3, decay_when="every_pass", **kw)
+    assert x[empty, 0].tolist() == [0.0, 5.0, 10.0]
+    assert x[every, 0].tolist() == [0.0, 5.0, 2.0]
+
+
+def test_threshold_decay_modes_differ_on_random_data_and_agree_with_one_pass_per_sweep():
     x = _feats(n=200, d=2, seed=6)
-    a = select_indices("threshold_decay", x, 30, seed=0)
-    b = select_indices("threshold_decay", x, 30, seed=0, decay_when="every_pass")
-    # With a fixed order the modes pick the same points (see the selector's docstring).
-    assert torch.equal(a, b)
-    assert not torch.equal(a, select_indices("threshold_decay", x, 30, seed=1))
+    # keep 100 of 200 (oversample 2) in passes of the budget (100), tau0 = median NN distance
+    a = select_indices("threshold_decay", x, 100, seed=0, alpha=0.5)
+    b = select_indices("threshold_decay", x, 100, seed=0, alpha=0.5, decay_when="every_pass")
+    assert not torch.equal(a, b)
+    # every_pass lowers tau sooner, so its kept set is packed tighter
+    ma, mb = (torch.cdist(x[i], x[i]) + torch.eye(100) * 1e9 for i in (a, b))
+    assert ma.min() > mb.min()
+    # a pass over the whole stream: a candidate that failed keeps failing at the same tau, so the
+    # pass after one that added something is empty and both modes keep the same points
+    full = dict(seed=0, alpha=0.5, pass_size=200)
+    assert torch.equal(
+        select_indices("threshold_decay", x, 100, decay_when="empty_pass", **full),
+        select_indices("threshold_decay", x, 100, decay_when="every_pass", **full),
+    )
+    assert not torch.equal(a, select_indices("threshold_decay", x, 100, seed=1, alpha=0.5))
 
 
 def test_threshold_decay_duplicates_terminate():
@@ -163,6 +197,9 @@ def test_errors():
         select_indices("threshold_decay", x, 3, alpha=1.0)
     with pytest.raises(ValueError, match="decay_when"):
         select_indices("threshold_decay", x, 3, decay_when="sometimes")
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="pass_size"):
+            select_indices("threshold_decay", x, 3, pass_size=bad)
     with pytest.raises(ValueError, match="tau0"):
         select_indices("threshold_decay", x, 3, tau0=0.0)
     with pytest.raises(ValueError, match="chunk_size"):
