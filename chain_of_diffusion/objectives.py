@@ -41,3 +41,16 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.T
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float, objective: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), shape (B,) for timesteps t (B,).
+
+    The loss on eps is weighted by min(SNR, gamma) / SNR; on v by min(SNR, gamma) / (SNR + 1),
+    which is the same weighting of the x0 error.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t).float()
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if objective == "v" else clipped / snr

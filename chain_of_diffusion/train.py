@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,12 +29,15 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
+from safetensors.torch import load_file, save_file
 
 from chain_of_diffusion.config import TrainConfig
-from chain_of_diffusion.objectives import OBJECTIVES, mse_loss
+from chain_of_diffusion.objectives import OBJECTIVES, min_snr_weights, mse_loss
 from chain_of_diffusion.seeding import generator
 
 log = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"  # what a partial (LoRA) checkpoint holds of the model
 
 
 class TrainingError(RuntimeError):
@@ -54,13 +58,16 @@ class TrainData:
     """What one generation trains on, already in the model's space.
 
     x0: (N, C, H, W) pixels in [-1, 1] or VAE latents; caption_index: (N,) rows of
-    ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "".
+    ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "";
+    x0_flipped: (N, C, H, W) the encodings of the mirrored images, where ``data.random_flip``
+    asks for flips (each sample of each step is flipped with probability 1/2).
     """
 
     x0: torch.Tensor
     caption_index: torch.Tensor
     caption_embeddings: torch.Tensor
     empty_embedding: torch.Tensor
+    x0_flipped: Optional[torch.Tensor] = None
 
 
 def micro_batch_layout(batch_size: int, micro_batch_size: Optional[int], num_processes: int) -> tuple[int, int]:
@@ -126,6 +133,43 @@ def _latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
     return None
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError(
+                "train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes); or use adamw"
+            ) from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _trainable_only_checkpoints(accelerator: Accelerator, unet: torch.nn.Module):
+    """Save and load only the trainable parameters (a LoRA: megabytes, not the gigabytes of the
+    frozen base) in accelerate checkpoints. Returns the hook handles."""
+    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+
+    def save_hook(models, weights, output_dir):
+        state = dict(unet.named_parameters())
+        save_file({n: state[n].detach().float().cpu().contiguous() for n in names},
+                  os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        weights.clear()  # accelerate writes nothing more for the model
+
+    def load_hook(models, input_dir):
+        models.clear()  # accelerate must not load a full state dict
+        loaded = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
+        state = dict(unet.named_parameters())
+        if set(loaded) != set(names):
+            raise TrainingError(f"{input_dir}: checkpoint does not match the trainable parameters")
+        with torch.no_grad():
+            for n in names:
+                state[n].copy_(loaded[n])
+
+    return [accelerator.register_save_state_pre_hook(save_hook),
+            accelerator.register_load_state_pre_hook(load_hook)]
+
+
 def train_denoiser(
     unet: torch.nn.Module,
     noise_scheduler,
@@ -137,8 +181,12 @@ def train_denoiser(
     checkpoint_dir: Path,
     objective: str = "eps",
     desc: str = "train",
+    on_step: Optional[Callable[[int, torch.nn.Module], None]] = None,
 ) -> TrainResult:
-    """Train ``unet`` in place for ``cfg.steps`` optimizer steps, resuming from ``checkpoint_dir``."""
+    """Train the parameters of ``unet`` that require grad, in place, for ``cfg.steps`` optimizer
+    steps, resuming from ``checkpoint_dir``. The caller decides what is trainable (all of it for a
+    full finetune, the adapter for LoRA). ``on_step(step, unet)`` runs on every process after each
+    optimizer step (validation images)."""
     started = time.time()
     checkpoint_dir = Path(checkpoint_dir)
     num_examples = data.x0.shape[0]
@@ -147,15 +195,20 @@ def train_denoiser(
     micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     pair_fn = OBJECTIVES[objective]
     unet.train()
-    unet.requires_grad_(True)
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not params:
+        raise TrainingError(f"{desc}: the model has no trainable parameters")
+    partial = len(params) < len(list(unet.parameters()))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = make_optimizer(params, cfg)
     lr_scheduler = get_scheduler(
         "constant_with_warmup", optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
         num_training_steps=cfg.steps,
     )
     # the LR scheduler stays outside prepare(): accelerate would step it once per process
     model, optimizer = accelerator.prepare(unet, optimizer)
+    hooks = _trainable_only_checkpoints(accelerator, unet) if partial else []
     progress = _Progress()
     accelerator.register_for_checkpointing(progress, lr_scheduler)
     ema = None
@@ -187,11 +240,18 @@ def train_denoiser(
         noise = torch.randn((cfg.batch_size, *x0_all.shape[1:]), generator=g)
         timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=g)
         dropped = torch.rand(cfg.batch_size, generator=g) < cfg.condition_drop
+        # drawn after the draws above, so that turning these options on leaves those unchanged
+        if cfg.noise_offset > 0:
+            noise += cfg.noise_offset * torch.randn((cfg.batch_size, noise.shape[1], 1, 1), generator=g)
+        flipped = (torch.rand(cfg.batch_size, generator=g) < 0.5) if data.x0_flipped is not None else None
         step_loss = torch.zeros((), device=device)
         for m in range(accum):
             lo = (rank * accum + m) * micro
             sl = slice(lo, lo + micro)
-            x0 = x0_all[idx[sl]].to(device)
+            x0 = x0_all[idx[sl]]
+            if flipped is not None:
+                x0 = torch.where(flipped[sl, None, None, None], data.x0_flipped[idx[sl]], x0)
+            x0 = x0.to(device)
             emb = emb_all[data.caption_index[idx[sl]]]
             emb = torch.where(dropped[sl, None, None], empty.expand_as(emb), emb).to(device)
             t = timesteps[sl].to(device)
@@ -200,7 +260,8 @@ def train_denoiser(
             ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
             with ctx, accelerator.autocast():
                 pred = model(pair.noisy, t, encoder_hidden_states=emb).sample
-                loss = mse_loss(pred, pair.target) / accum
+                weights = min_snr_weights(noise_scheduler, t, cfg.snr_gamma, objective) if cfg.snr_gamma else None
+                loss = mse_loss(pred, pair.target, weights) / accum
             accelerator.backward(loss)
             step_loss += loss.detach()
         if cfg.max_grad_norm > 0:
@@ -223,9 +284,13 @@ def train_denoiser(
             bar.set_postfix(loss=f"{progress.losses[-1]['loss']:.4f}")
             window = []
         bar.update(1)
+        if on_step is not None:
+            on_step(progress.step, accelerator.unwrap_model(model))
         if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
             _save_checkpoint(accelerator, checkpoint_dir)
     bar.close()
+    for hook in hooks:
+        hook.remove()
     unet = accelerator.unwrap_model(model)
     if ema is not None:  # the averaged weights are the model, as in diffusers' --use_ema
         ema.copy_to(params)

@@ -34,3 +34,17 @@ def finished_run(tmp_path_factory) -> Path:
     proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def make_tiny_sd_pipeline(folder: Path, resolution: int = 32) -> Path:
+    """A Stable Diffusion pipeline folder of the tiny_sd layout (random weights), as diffusers saves one."""
+    from chain_of_diffusion.config import ModelConfig
+    from chain_of_diffusion.models.build import build_model
+    from chain_of_diffusion.models.pretrained import save_pipeline
+
+    return save_pipeline(build_model(ModelConfig(arch="tiny_sd"), resolution, seed=0), folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline(tmp_path_factory) -> Path:
+    return make_tiny_sd_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny_sd")

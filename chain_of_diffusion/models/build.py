@@ -61,12 +61,23 @@ class T2IModel:
 
 # Layouts. tiny: fast enough to train from scratch on 2 CPU cores (cross-attention only at the
 # lowest resolution, where it is cheap); small: the same shape wider, for 32-64 px; sd15: the
-# Stable Diffusion 1.5 UNet/VAE/CLIP-L layout with random weights, for throughput work.
+# Stable Diffusion 1.5 UNet/VAE/CLIP-L layout with random weights, for throughput work;
+# tiny_sd: Stable Diffusion's shape (latent UNet, 8x VAE, CLIP text tower) at toy width, the
+# stand-in for a pretrained pipeline in tests and CPU benchmarks.
+LATENT_ARCHS = ("sd15", "tiny_sd")
 _UNET_LAYOUTS = {
     "tiny": dict(
         block_out_channels=(32, 64, 64),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ),
+    "tiny_sd": dict(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         layers_per_block=1,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -129,7 +140,7 @@ def _text_config(cfg: ModelConfig, vocab_size: int) -> CLIPTextConfig:
 
 def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
     """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed``."""
-    latent = cfg.arch == "sd15"
+    latent = cfg.arch in LATENT_ARCHS
     torch.manual_seed(seed)  # diffusers initialises from the global generator
     return UNet2DConditionModel(
         sample_size=resolution // 8 if latent else resolution,
@@ -147,18 +158,25 @@ def build_model(cfg: ModelConfig, resolution: int, seed: int) -> T2IModel:
     vae = None
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config)
-    if cfg.arch == "sd15":
+    if cfg.arch in LATENT_ARCHS:
+        sd15 = cfg.arch == "sd15"
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=resolution,
+            block_out_channels=(128, 256, 512, 512) if sd15 else (8, 16, 16, 16),
+            layers_per_block=2 if sd15 else 1, norm_num_groups=32 if sd15 else 8, sample_size=resolution,
         )
     unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1)
+    # latent layouts take Stable Diffusion's own schedule, so a tiny_sd pipeline behaves like SD's
+    schedule = (
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+        if cfg.arch in LATENT_ARCHS else dict(beta_schedule=cfg.beta_schedule)
+    )
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule="scaled_linear" if cfg.arch == "sd15" else cfg.beta_schedule,
         prediction_type="epsilon" if cfg.objective == "eps" else "v_prediction",
         clip_sample=False,
+        **schedule,
     )
     return T2IModel(unet, text_encoder.eval(), tokenizer, scheduler, vae)
 

@@ -1,0 +1,109 @@
+"""Pretrained Stable Diffusion pipelines: a local diffusers folder or a Hub id, offline-aware.
+
+``model.pretrained`` names either a folder holding a diffusers pipeline (``model_index.json``,
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a Hub id such as
+``stable-diffusion-v1-5/stable-diffusion-v1-5``. A Hub id is looked up in the local Hugging Face
+cache first; only where the Hub is reachable (``HF_HUB_OFFLINE`` unset) are missing files
+downloaded. Where the weights are missing the error says what to download and where it must go.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chain_of_diffusion.models.build import ModelLoadError, T2IModel, load_model
+
+# What a chain needs of a pipeline repository; the safety checker and fp16/ckpt duplicates are
+# left out, which for SD 1.5 is 4 GB instead of 40.
+PIPELINE_FILES = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+]
+_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _download_hint(repo_id: str) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    includes = " ".join(f"'{p}'" for p in PIPELINE_FILES)
+    return (
+        f"on a machine with internet run `hf download {repo_id} --include {includes}` and copy its "
+        f"models--{repo_id.replace('/', '--')} folder into {HF_HUB_CACHE}, or set model.pretrained to a "
+        f"local pipeline folder"
+    )
+
+
+def resolve_pretrained(name: str) -> Path:
+    """The local folder of pipeline ``name`` (a folder path or a Hub id), downloading only if online."""
+    folder = Path(name).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise ModelLoadError(f"model.pretrained: {folder} is a file, not a diffusers pipeline folder")
+        return folder
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelLoadError(
+            f"model.pretrained: {name!r} is neither an existing folder nor a Hub id of the form owner/name"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(name, allow_patterns=PIPELINE_FILES, local_files_only=_hub_offline())
+    except LocalEntryNotFoundError:
+        where = "this machine is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else "the Hub cannot be reached"
+        raise ModelLoadError(
+            f"model.pretrained: {name!r} is not in the Hugging Face cache and {where}; {_download_hint(name)}"
+        ) from None
+    except HfHubHTTPError as err:
+        raise ModelLoadError(f"model.pretrained: {name!r}: {str(err).splitlines()[0]}") from None
+    return Path(path)
+
+
+def load_pretrained(name: str) -> T2IModel:
+    """Load the UNet, VAE, text encoder, tokenizer and training scheduler of pipeline ``name``.
+
+    The noise schedule and ``prediction_type`` (epsilon or v_prediction, SD 1.x vs 2.x) come from
+    the pipeline's scheduler config, so training matches how the model was pretrained.
+    """
+    folder = resolve_pretrained(name)
+    missing = [part for part in _PARTS if not (folder / part).is_dir()]
+    if missing:
+        hint = _download_hint(name) if not Path(name).expanduser().exists() else "it is not a complete pipeline"
+        raise ModelLoadError(f"model.pretrained: {folder} has no {', '.join(p + '/' for p in missing)}; {hint}")
+    model = load_model(folder)
+    prediction = model.noise_scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ModelLoadError(
+            f"model.pretrained: {folder}: scheduler prediction_type {prediction!r} is not supported "
+            "(epsilon or v_prediction)"
+        )
+    return model
+
+
+def save_pipeline(model: T2IModel, folder: str | Path) -> Path:
+    """Write ``model`` as a ``StableDiffusionPipeline`` folder that diffusers loads as is."""
+    from diffusers import StableDiffusionPipeline
+
+    if model.vae is None:
+        raise ModelLoadError("save_pipeline: a pixel-space model has no VAE; use a latent layout (tiny_sd, sd15)")
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=model.noise_scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def objective_of(model: T2IModel) -> str:
+    """The training objective the model's scheduler implies: ``eps`` or ``v``."""
+    return "v" if model.noise_scheduler.config.prediction_type == "v_prediction" else "eps"
