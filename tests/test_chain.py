@@ -289,3 +289,30 @@ def test_run_made_before_a_new_config_key_still_resumes(finished_run: Path):
         assert changed.returncode == 2 and "select.alpha" in changed.stderr
     finally:
         path.write_text(original)
+
+
+def test_latent_filter_keeps_top_n_of_pooled_real_and_synthetic(tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_cli("--config", str(SMOKE), "--config", str(ROOT / "configs" / "mitigations" / "latent.yaml"),
+                   f"output_dir={out}", *TINY_OVERRIDES, "generations=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    from chain_of_diffusion.data.imageset import read_metadata
+
+    for g in (0, 1):
+        selected = read_metadata(out / f"gen_{g:02d}" / "selected")
+        assert len(selected) == 48  # N kept of 48 real + 48 synthetic
+        assert all((out / f"gen_{g:02d}" / "selected" / r["file_name"]).is_file() for r in selected)
+        assert all(0.0 <= r["score"] <= 1.0 for r in selected)  # the probe's probability of the own label
+        real = [r for r in selected if r["source"] == "real"]
+        assert all(r["generation"] == -1 and r["file_name"].startswith("../../real/train/") for r in real)
+        assert all(r["source"] == "synthetic" and r["generation"] == g for r in selected if r not in real)
+    # the next generation trains on the kept records, real ones included, and counts them as real
+    stats = json.loads((out / "gen_01" / "train_set" / "stats.json").read_text())
+    num_real = sum(r["source"] == "real" for r in read_metadata(out / "gen_00" / "selected"))
+    assert stats["num_real"] == num_real and stats["num_train_images"] == 48
+    # real embeddings and the probe were computed once, in gen_00/latent/; samples' next to their selection
+    assert len(load_file(str(out / "gen_00" / "latent" / "unet_t100.safetensors"))) == 48
+    assert (out / "gen_00" / "latent" / "probe_t100.safetensors").is_file()
+    assert len(load_file(str(out / "gen_01" / "selected" / "features_unet_t100.safetensors"))) == 48

@@ -137,7 +137,7 @@ def fit_probe(features: Tensor, labels: Tensor, seed: int = 0, c: float = 1.0, m
     # features that never vary get scale 1: they carry nothing, and 0 would divide by zero
     scale = x.std(dim=0, unbiased=False)
     scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
-    model = LogisticRegression(C=c, max_iter=max_iter, random_state=int(seed))
+    model = LogisticRegression(C=c, max_iter=max_iter, random_state=int(seed) % 2**32)
     model.fit(((x - mean) / scale).numpy(), labels.long().numpy())
     weight = torch.as_tensor(model.coef_, dtype=torch.float32)
     bias = torch.as_tensor(model.intercept_, dtype=torch.float32)

@@ -1,0 +1,41 @@
+"""The select.* config keys: the latent preset loads, bad values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from chain_of_diffusion.config import ConfigError, load_config
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "mitigations"
+
+
+def test_latent_preset_loads_with_documented_defaults():
+    cfg = load_config([PRESETS / "latent.yaml"])
+    assert (cfg.select.method, cfg.select.latent_t, cfg.select.latent_k, cfg.select.oversample) == ("latent", 100, 5, 1.0)
+
+
+def test_unet_features_and_pass_size_accepted():
+    cfg = load_config([], ["select.method=threshold_decay", "select.features=unet", "select.pass_size=10"])
+    assert (cfg.select.features, cfg.select.pass_size) == ("unet", 10)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["select.method=latent", "select.latent_t=1000"], "select.latent_t"),
+        (["select.method=latent", "select.latent_t=-1"], "select.latent_t"),
+        (["select.method=greedy_entropy", "select.features=unet", "model.num_train_timesteps=50"], "select.latent_t"),
+        (["select.method=latent", "select.latent_k=0"], "select.latent_k"),
+        (["select.pass_size=0"], "select.pass_size"),
+        (["select.features=vgg"], "select.features"),
+    ],
+)
+def test_bad_select_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config([], overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_latent_t_not_checked_when_unused():
+    # a short schedule is fine when nothing embeds with the UNet
+    assert load_config([], ["model.num_train_timesteps=50"]).select.latent_t == 100
