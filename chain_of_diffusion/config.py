@@ -21,8 +21,9 @@ class ConfigError(ValueError):
 
 
 DATA_SOURCES = ("digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist")
-ARCHS = ("tiny", "small", "sd15")
+ARCHS = ("tiny", "small", "sd15", "tiny_sd")
 OBJECTIVES = ("eps", "v", "flow", "dae")
+OPTIMIZERS = ("adamw", "adamw8bit")
 TRAIN_MODES = ("full", "lora")
 TRAIN_INITS = ("scratch", "base", "previous")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -32,6 +33,7 @@ GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
 MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
+SELECT_FEATURES = ("pixels", "classifier", "unet")
 ON_ERROR = ("error", "skip")
 
 
@@ -54,9 +56,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id (later: LoRA chains)
-    arch: str = "tiny"  # tiny | small | sd15: the layout built from a config with random init
-    objective: str = "eps"
+    pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id; null = build model.arch
+    arch: str = "tiny"  # tiny | small | sd15 | tiny_sd: the layout built from a config with random init
+    objective: str = "eps"  # eps | v; with model.pretrained the scheduler's prediction_type decides
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     text_hidden_size: int = 64  # tiny/small text encoder width (sd15 uses CLIP ViT-L's 768)
@@ -76,9 +78,18 @@ class TrainConfig:
     ema_decay: float = 0.995  # exponential moving average of the weights (0 = off); the EMA is saved
     condition_drop: float = 0.0  # probability of training a sample on the empty caption
     lora_rank: int = 4
-    lora_alpha: Optional[int] = None
-    mixed_precision: str = "no"
+    lora_alpha: Optional[int] = None  # null = lora_rank (scale 1)
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    mixed_precision: str = "no"  # no | fp16 | bf16; with LoRA the frozen base is stored in this dtype
     attention: str = "auto"
+    gradient_checkpointing: bool = False
+    snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value
+    noise_offset: float = 0.0  # extra per-channel noise (Lin et al.), lets the model learn dark/bright images
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
+    cache_latents: bool = True  # encode images and captions once, keyed by content hash, for every epoch
+    validation_prompts: list[str] = field(default_factory=list)  # rendered every validation_every steps
+    validation_every: int = 0  # 0 = no validation images during training
     checkpoint_every: int = 500  # steps between resumable checkpoints inside a generation
     log_every: int = 50
 
@@ -93,6 +104,7 @@ class SampleConfig:
     guidance_end: float = 1.0
     batch_size: int = 250  # images per forward pass on one process
     grid_size: int = 10  # images per row of the report grid (captions and seeds fixed per chain)
+    captions: str = "train"  # train: one image per real training caption; else a text file, one caption a line
 
 
 @dataclass(frozen=True)
@@ -107,10 +119,16 @@ class MixConfig:
 class SelectConfig:
     method: str = "none"
     oversample: float = 1.0  # generate oversample x N candidates, keep N
-    features: str = "pixels"  # pixels | classifier: the space distances are measured in
+    # the space distances are measured in: pixels | classifier | unet (generation 0's UNet encoder)
+    features: str = "pixels"
     tau0: Optional[float] = None  # threshold_decay: start threshold (null = median NN distance)
     alpha: float = 0.9  # threshold_decay: tau <- alpha * tau
-    decay_when: str = "empty_pass"  # threshold_decay: empty_pass | every_pass
+    decay_when: str = "empty_pass"  # threshold_decay: empty_pass | every_pass (decay after an empty / any pass)
+    pass_size: Optional[int] = None  # threshold_decay: candidates per pass (null = the budget N)
+    # latent and features=unet: the timestep candidates are noised to before generation 0's UNet
+    # encoder sees them; small, so the image survives the noise (100 of the default 1000 steps)
+    latent_t: int = 100
+    latent_k: int = 5  # latent without class labels: score = -distance to the k-th nearest real embedding
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,17 @@ class MetricsConfig:
     features: str = "classifier"
     classifier_steps: int = 600  # optimizer steps of the small real-data classifier, trained once
     entropy_k: int = 1
+    # torch-fidelity's Inception weights file (fid_inception/kid_inception); null = the env variable
+    # CHAIN_OF_DIFFUSION_INCEPTION_WEIGHTS, then torch hub's cache (scripts/fetch_inception.py builds it)
+    inception_weights: Optional[str] = None
+    kid_subset_size: int = 1000  # rows per KID subset (lowered to the smaller set's size)
+    kid_subsets: int = 100
+    prdc_k: int = 5  # neighbours of precision/recall/density/coverage
+    prdc_features: Optional[str] = None  # pixels | classifier | inception | clip; null = metrics.features
+    clip_model: str = "ViT-B-32"  # open-clip model name (clip_score, fd_clip)
+    clip_pretrained: Optional[str] = "openai"  # open-clip tag (from the HF cache) or a local checkpoint file
+    batch_size: int = 64  # images per forward pass of the Inception / CLIP feature extractors
+    tracker: str = "none"  # none | tensorboard | wandb: also log metrics and grids through accelerate
 
 
 @dataclass(frozen=True)
@@ -175,21 +204,37 @@ def validate(cfg: ChainConfig) -> None:
     m = cfg.model
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.objective", m.objective, OBJECTIVES)
-    if m.objective != "eps":
+    if m.objective not in ("eps", "v"):
         raise ConfigError(
-            f"config key 'model.objective': {m.objective!r} is not implemented yet; use eps"
+            f"config key 'model.objective': {m.objective!r} is not implemented yet; use eps or v"
         )
     _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
-    if m.pretrained is not None:
-        raise ConfigError(
-            "config key 'model.pretrained': pretrained pipelines (LoRA chains) are not implemented yet; "
-            "leave it null to train model.arch from scratch"
-        )
+    if m.pretrained is not None and not str(m.pretrained).strip():
+        raise ConfigError("config key 'model.pretrained': empty; give a pipeline folder, a Hub id, or null")
     t = cfg.train
     _choice("train.mode", t.mode, TRAIN_MODES)
-    if t.mode != "full":
-        raise ConfigError("config key 'train.mode': 'lora' needs model.pretrained (not implemented yet)")
     _choice("train.init", t.init, TRAIN_INITS)
+    if t.mode == "lora" and t.init == "scratch":
+        raise ConfigError(
+            "config key 'train.init': 'scratch' cannot be combined with train.mode=lora "
+            "(a LoRA adapts a base model); use base or previous"
+        )
+    if m.pretrained is not None and t.init == "scratch":
+        raise ConfigError(
+            "config key 'train.init': 'scratch' would ignore model.pretrained; use base or previous"
+        )
+    _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    if not 0.0 <= t.lora_dropout < 1.0:
+        raise ConfigError(f"config key 'train.lora_dropout': must be in [0, 1), got {t.lora_dropout}")
+    _at_least("train.lora_alpha", t.lora_alpha, 1, allow_none=True)
+    if not t.lora_target_modules:
+        raise ConfigError("config key 'train.lora_target_modules': empty; name at least one module, e.g. to_q")
+    if t.snr_gamma is not None and t.snr_gamma <= 0:
+        raise ConfigError(f"config key 'train.snr_gamma': must be > 0 or null, got {t.snr_gamma}")
+    _at_least("train.noise_offset", t.noise_offset, 0.0)
+    _at_least("train.validation_every", t.validation_every, 0)
+    if t.validation_every > 0 and not t.validation_prompts:
+        raise ConfigError("config key 'train.validation_prompts': empty while train.validation_every > 0")
     _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _choice("train.attention", t.attention, ATTENTION)
     _at_least("train.steps", t.steps, 1)
@@ -215,6 +260,10 @@ def validate(cfg: ChainConfig) -> None:
     _choice("sample.guidance_schedule", s.guidance_schedule, GUIDANCE_SCHEDULES)
     _at_least("sample.batch_size", s.batch_size, 1)
     _at_least("sample.grid_size", s.grid_size, 1)
+    if s.captions != "train" and not Path(s.captions).expanduser().is_file():
+        raise ConfigError(
+            f"config key 'sample.captions': {s.captions!r} is neither 'train' nor an existing text file"
+        )
     x = cfg.mix
     _choice("mix.policy", x.policy, MIX_POLICIES)
     _in_unit_interval("mix.real_fraction", x.real_fraction)
@@ -222,10 +271,16 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)
     sel = cfg.select
     _choice("select.method", sel.method, SELECT_METHODS)
-    if sel.method == "latent":
-        raise ConfigError("config key 'select.method': 'latent' is not implemented yet")
     _at_least("select.oversample", sel.oversample, 1.0)
-    _choice("select.features", sel.features, ("pixels", "classifier"))
+    _choice("select.features", sel.features, SELECT_FEATURES)
+    _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
+    _at_least("select.latent_k", sel.latent_k, 1)
+    uses_unet = sel.method == "latent" or (sel.features == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
+    if uses_unet and not 0 <= sel.latent_t < m.num_train_timesteps:
+        raise ConfigError(
+            f"config key 'select.latent_t': must be in [0, model.num_train_timesteps={m.num_train_timesteps}), "
+            f"got {sel.latent_t}"
+        )
     _choice("select.decay_when", sel.decay_when, ("empty_pass", "every_pass"))
     if sel.features == "classifier" and cfg.metrics.features != "classifier":
         raise ConfigError(
@@ -244,6 +299,16 @@ def validate(cfg: ChainConfig) -> None:
             )
     _at_least("metrics.classifier_steps", cfg.metrics.classifier_steps, 1)
     _at_least("metrics.entropy_k", cfg.metrics.entropy_k, 1)
+    _choice("metrics.features", cfg.metrics.features, ("classifier", "pixels"))
+    _at_least("metrics.kid_subset_size", cfg.metrics.kid_subset_size, 2)
+    _at_least("metrics.kid_subsets", cfg.metrics.kid_subsets, 1)
+    _at_least("metrics.prdc_k", cfg.metrics.prdc_k, 1)
+    _at_least("metrics.batch_size", cfg.metrics.batch_size, 1)
+    if cfg.metrics.prdc_features is not None:
+        _choice("metrics.prdc_features", cfg.metrics.prdc_features, ("pixels", "classifier", "inception", "clip"))
+        if cfg.metrics.prdc_features == "classifier" and cfg.metrics.features != "classifier":
+            raise ConfigError("config key 'metrics.prdc_features': 'classifier' needs metrics.features=classifier")
+    _choice("metrics.tracker", cfg.metrics.tracker, ("none", "tensorboard", "wandb"))
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

@@ -51,7 +51,11 @@ def test_wrong_type_names_the_key():
     [("generations=0", "generations"), ("generations=-2", "generations"), ("train.lr=0", "train.lr"),
      ("train.condition_drop=1.5", "train.condition_drop"), ("mix.policy=keep", "mix.policy"),
      ("data.source=mnist", "data.source"), ("metrics.names=[fid_bogus]", "metrics.names"),
-     ("select.alpha=1.5", "select.alpha"), ("select.method=latent", "select.method")],
+     ("select.alpha=1.5", "select.alpha"), ("train.optimizer=sgd", "train.optimizer"),
+         ("train.snr_gamma=-1", "train.snr_gamma"), ("train.lora_dropout=1.0", "train.lora_dropout"),
+         ("train.lora_target_modules=[]", "train.lora_target_modules"),
+         ("train.validation_every=10", "train.validation_prompts"),
+         ("sample.captions=/no/such/captions.txt", "sample.captions")],
 )
 def test_out_of_range_values(override, key):
     with pytest.raises(ConfigError, match=key):
@@ -70,3 +74,14 @@ def test_yaml_round_trip(tmp_path):
     cfg = load_config([], ["train.steps=7", "mix.real_fraction=0.25"])
     saved = write(tmp_path, "config.yaml", to_yaml(cfg))
     assert load_config([saved]) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["train.mode=lora"], "use base or previous"),
+     (["model.pretrained=some/model"], "would ignore model.pretrained")],
+)
+def test_lora_and_pretrained_need_a_base(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], overrides)
+    load_config([], [*overrides, "train.init=base"])  # the same with a base is fine

@@ -89,3 +89,88 @@ def test_nan_loss_stops_training(tmp_path):
     with pytest.raises(TrainingError, match="loss is nan"):
         train_denoiser(model.unet, model.noise_scheduler, data, CFG, seed=0,
                        accelerator=Accelerator(cpu=True), checkpoint_dir=tmp_path / "c")
+
+
+LORA_CFG = TrainConfig(mode="lora", init="base", steps=6, batch_size=8, micro_batch_size=4, lr=1e-2,
+                       lr_warmup_steps=1, checkpoint_every=3, log_every=1, ema_decay=0.0, snr_gamma=5.0,
+                       noise_offset=0.05, condition_drop=0.25)
+
+
+def _lora_model(pipeline):
+    from chain_of_diffusion.models.lora import add_lora
+    from chain_of_diffusion.models.pretrained import load_pretrained
+
+    model = load_pretrained(str(pipeline))
+    add_lora(model.unet, LORA_CFG, seed=0)
+    return model
+
+
+def _latent_data(model, n=16):
+    g = torch.Generator().manual_seed(0)
+    emb = encode_captions(model, ["a digit one", "a digit two", ""])
+    x0 = torch.randn(n, 4, 4, 4, generator=g)
+    return TrainData(x0=x0, caption_index=torch.arange(n) % 2, caption_embeddings=emb[:2],
+                     empty_embedding=emb[2:], x0_flipped=x0.flip(-1))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_lora_training_resumes_exactly_from_an_adapter_only_checkpoint(tmp_path, tiny_sd_pipeline):
+    from chain_of_diffusion.models.lora import lora_state_dict
+
+    def run(model, folder, on_step=None):
+        return train_denoiser(model.unet, model.noise_scheduler, _latent_data(model), LORA_CFG, seed=3,
+                              accelerator=Accelerator(cpu=True), checkpoint_dir=folder, on_step=on_step)
+
+    straight = _lora_model(tiny_sd_pipeline)
+    base_before = straight.unet.conv_in.weight.detach().clone()
+    expected = run(straight, tmp_path / "a")
+    assert torch.equal(straight.unet.conv_in.weight, base_before)  # the base stayed frozen
+
+    def stop_at_5(step, unet):
+        if step == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(_lora_model(tiny_sd_pipeline), tmp_path / "b", stop_at_5)
+    checkpoint = tmp_path / "b" / "latest"
+    assert (checkpoint / "trainable.safetensors").is_file()
+    assert not list(checkpoint.glob("model*.safetensors"))  # no copy of the frozen base
+    resumed_model = _lora_model(tiny_sd_pipeline)
+    resumed = run(resumed_model, tmp_path / "b")
+    assert resumed.resumed_from_step == 3
+    assert [r["loss"] for r in resumed.losses] == [r["loss"] for r in expected.losses]
+    want, got = lora_state_dict(straight.unet), lora_state_dict(resumed_model.unet)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert any(float(v.abs().sum()) > 0 for k, v in got.items() if "up" in k)  # it did train
+
+
+def test_min_snr_weights():
+    from diffusers import DDPMScheduler
+
+    from chain_of_diffusion.objectives import min_snr_weights
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([0, 500, 999])
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    eps = min_snr_weights(sched, t, 5.0, "eps")
+    assert torch.allclose(eps, torch.clamp(snr, max=5.0) / snr)
+    assert eps[0] < 0.01 and eps[2] == 1.0  # low noise is down-weighted, high noise kept
+    v = min_snr_weights(sched, t, 5.0, "v")
+    assert torch.allclose(v, torch.clamp(snr, max=5.0) / (snr + 1))
+
+
+def test_adamw8bit_without_bitsandbytes_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    from chain_of_diffusion.train import make_optimizer
+
+    with pytest.raises(TrainingError, match="pip install bitsandbytes"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="adamw8bit"))

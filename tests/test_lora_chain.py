@@ -1,0 +1,104 @@
+"""The Stable Diffusion LoRA chain end to end, on a random-weight tiny_sd pipeline folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, run_cli
+
+LORA = ROOT / "configs" / "tiny_sd_lora.yaml"
+SMALL = ["data.num_train=24", "data.num_heldout=24", "train.steps=8", "train.checkpoint_every=4",
+         "train.log_every=4", "train.lr=1e-2", "sample.steps=4", "metrics.classifier_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_sd_pipeline):
+    out = tmp_path_factory.mktemp("lora") / "run"
+    proc = run_cli("--config", str(LORA), f"output_dir={out}", f"model.pretrained={tiny_sd_pipeline}",
+                   "train.validation_every=4", "train.validation_prompts=[a handwritten digit one]", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _pipeline(base, lora_folder):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(base))
+    pipe.set_progress_bar_config(disable=True)
+    if lora_folder is not None:
+        pipe.load_lora_weights(str(lora_folder))
+    return pipe
+
+
+def _pipeline_image(pipe, record, cfg) -> np.ndarray:
+    from chain_of_diffusion.samplers import make_scheduler
+
+    pipe.scheduler = make_scheduler(cfg["sample"]["scheduler"], pipe.scheduler.config)
+    out = pipe(record["text"], num_inference_steps=cfg["sample"]["steps"], guidance_scale=cfg["sample"]["guidance_scale"],
+               generator=torch.Generator().manual_seed(record["seed"]), output_type="np")
+    return out.images[0]
+
+
+def test_lora_chain_writes_diffusers_adapters_and_validation_images(lora_run):
+    for g in (0, 1):
+        model = lora_run / f"gen_{g:02d}" / "model"
+        assert sorted(p.name for p in model.iterdir()) == ["pytorch_lora_weights.safetensors", "train_log.json"]
+        assert (lora_run / f"gen_{g:02d}" / "validation" / "step_000008.png").is_file()
+    assert not (lora_run / "reference" / "base_model").exists()  # the pretrained base is not copied
+    assert json.loads((lora_run / "reference" / "base.json").read_text())["pretrained"]
+    assert (lora_run / "cache").is_dir() and list((lora_run / "cache").glob("shard-*.safetensors"))
+
+
+def test_diffusers_pipeline_with_our_lora_reproduces_our_image(lora_run, tiny_sd_pipeline):
+    import yaml
+
+    cfg = yaml.safe_load((lora_run / "config.yaml").read_text())
+    record = json.loads((lora_run / "gen_00" / "samples" / "metadata.jsonl").read_text().splitlines()[0])
+    ours = np.asarray(Image.open(lora_run / "gen_00" / "samples" / record["file_name"]).convert("RGB")) / 255.0
+    theirs = _pipeline_image(_pipeline(tiny_sd_pipeline, lora_run / "gen_00" / "model"), record, cfg)
+    assert np.abs(ours - theirs).max() <= 2 / 255
+    base = _pipeline_image(_pipeline(tiny_sd_pipeline, None), record, cfg)
+    assert np.abs(ours - base).max() > 4 / 255  # the adapter changed the image: the check has teeth
+
+
+def test_kohya_export_loads_in_diffusers_with_the_same_weights(lora_run, tiny_sd_pipeline, tmp_path):
+    out = tmp_path / "gen00_kohya.safetensors"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_lora.py"), str(lora_run / "gen_00" / "model"),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+
+    keys = list(load_file(out))
+    assert all(k.startswith("lora_unet_") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    via_kohya = _pipeline(tiny_sd_pipeline, out).unet.state_dict()
+    via_diffusers = _pipeline(tiny_sd_pipeline, lora_run / "gen_00" / "model").unet.state_dict()
+    lora_keys = [k for k in via_diffusers if "lora" in k]
+    assert lora_keys and set(lora_keys) == {k for k in via_kohya if "lora" in k}
+    for k in lora_keys:
+        assert torch.allclose(via_kohya[k], via_diffusers[k]), k
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_lora.py"), str(lora_run / "gen_00" / "model"),
+                            "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr and again.stderr.count("\n") == 1
+
+
+def test_missing_pretrained_weights_say_what_to_download(tmp_path):
+    proc = run_cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", "model.pretrained=nobody/no-such-model",
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "nobody/no-such-model" in line and "hf download" in line and "Traceback" not in proc.stderr
+
+
+def test_incomplete_pipeline_folder_is_named(tmp_path, tiny_sd_pipeline):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd_pipeline, broken)
+    shutil.rmtree(broken / "vae")
+    proc = run_cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", f"model.pretrained={broken}", *SMALL)
+    assert proc.returncode == 2 and "vae/" in proc.stderr and "Traceback" not in proc.stderr
