@@ -39,3 +39,16 @@ def test_bad_select_values_name_the_key(overrides, key):
 def test_latent_t_not_checked_when_unused():
     # a short schedule is fine when nothing embeds with the UNet
     assert load_config([], ["model.num_train_timesteps=50"]).select.latent_t == 100
+
+
+def test_inception_features_without_weights_name_the_key_and_the_spaces_that_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHAIN_OF_DIFFUSION_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ConfigError, match=r"select\.features.*pixels, classifier, unet") as err:
+        load_config([], ["select.method=greedy_entropy", "select.features=inception"])
+    assert "\n" not in str(err.value)
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"x")  # only its existence is checked before the run
+    cfg = load_config([], ["select.method=greedy_entropy", "select.features=inception",
+                           f"metrics.inception_weights={weights}"])
+    assert cfg.select.features == "inception"
