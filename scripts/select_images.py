@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau0", type=float, default=None)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--decay-when", default="empty_pass", choices=["empty_pass", "every_pass"])
+    p.add_argument("--pass-size", type=int, default=None,
+                   help="threshold_decay: candidates per pass (default: the budget)")
     args = p.parse_args(argv)
 
     from PIL import Image
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         features = pil_to_tensor(images).flatten(1)
         options = {}
         if args.method == "threshold_decay":
-            options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when}
+            options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when,
+                       "pass_size": args.pass_size}
         order = select_indices(args.method, features, args.budget, seed=args.seed, **options).tolist()
     except (ValueError, ImageSetError) as err:
         print(f"select_images.py: error: {err}", file=sys.stderr)
