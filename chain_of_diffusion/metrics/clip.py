@@ -1,0 +1,83 @@
+"""CLIP score and CLIP image features with open-clip (model and pretrained weights configurable).
+
+``pretrained`` is an open-clip tag (``openai``, ``laion2b_s34b_b79k``: from the Hub cache or the
+Hub) or a local checkpoint file (a state dict saved with ``torch.save``). Where the weights cannot
+be loaded, :class:`ClipWeightsError` says so in one line; there is no random-weight fallback.
+
+CLIP score (Hessel et al. 2021, as torchmetrics computes it): 100 * max(cos(image, caption), 0),
+averaged over the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from chain_of_diffusion.config import ConfigError
+
+
+class ClipWeightsError(ConfigError):
+    """The CLIP model or its weights could not be loaded (one line for the terminal)."""
+
+
+@dataclass
+class Clip:
+    model: torch.nn.Module
+    preprocess: object  # PIL image -> (3, S, S) tensor
+    tokenizer: object  # list[str] -> (N, 77) token ids
+    device: torch.device
+
+
+def load_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> Clip:
+    """An open-clip model in eval mode; ``pretrained``: a tag, a local file path, or None (random)."""
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ClipWeightsError(f"metrics.clip_model={name!r} is not an open-clip model (open_clip.list_models())")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as err:  # open-clip raises RuntimeError/OSError/Hub errors; all mean "no weights here"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClipWeightsError(
+            f"metrics.clip_pretrained={pretrained!r}: cannot load {name} weights ({first[:200]}); "
+            f"give a local checkpoint file or a tag already in the Hugging Face cache"
+        ) from None
+    model.eval()
+    return Clip(model, preprocess, tokenizer, torch.device(device))
+
+
+@torch.no_grad()
+def clip_image_features(clip: Clip, images: Tensor | Sequence[Tensor], batch_size: int = 64) -> Tensor:
+    """L2-normalised image embeddings: images in [-1, 1], (N, C, H, W) or a list -> (N, E) float32 CPU."""
+    from chain_of_diffusion.data.imageset import tensor_to_pil
+
+    items = list(images.unbind(0)) if isinstance(images, Tensor) else list(images)
+    out = []
+    for start in range(0, len(items), batch_size):
+        pils = [tensor_to_pil(im.unsqueeze(0))[0].convert("RGB") for im in items[start : start + batch_size]]
+        batch = torch.stack([clip.preprocess(p) for p in pils]).to(clip.device)
+        out.append(torch.nn.functional.normalize(clip.model.encode_image(batch).float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def clip_text_features(clip: Clip, captions: Sequence[str], batch_size: int = 256) -> Tensor:
+    """L2-normalised caption embeddings: N strings -> (N, E) float32 CPU."""
+    out = []
+    for start in range(0, len(captions), batch_size):
+        tokens = clip.tokenizer(list(captions[start : start + batch_size])).to(clip.device)
+        out.append(torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+def clip_score(image_features: Tensor, text_features: Tensor) -> float:
+    """Mean of 100 * max(cos, 0) over matching rows: (N, E), (N, E) L2-normalised -> float in [0, 100]."""
+    if image_features.shape != text_features.shape or image_features.shape[0] == 0:
+        raise ValueError(f"need matching non-empty (N, E) features, got {tuple(image_features.shape)} "
+                         f"and {tuple(text_features.shape)}")
+    cos = (image_features * text_features).sum(dim=1)
+    return float((100.0 * cos.clamp(min=0)).double().mean())

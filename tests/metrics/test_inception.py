@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.metrics import inception
+from chain_of_diffusion.metrics.inception import (
+    ENV_VAR,
+    WEIGHTS_FILE,
+    InceptionWeightsError,
+    find_inception_weights,
+    inception_features,
+    load_inception,
+)
+from chain_of_diffusion.metrics.suite import fid_torch_fidelity
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path
+
+
+def test_missing_weights_is_one_line_saying_how(no_weights):
+    with pytest.raises(InceptionWeightsError) as err:
+        find_inception_weights(None)
+    msg = str(err.value)
+    assert isinstance(err.value, ConfigError) and "\n" not in msg
+    assert "fetch_inception.py" in msg and WEIGHTS_FILE in msg and ENV_VAR in msg
+
+
+def test_configured_path_that_does_not_exist_names_the_key(no_weights):
+    with pytest.raises(InceptionWeightsError, match="metrics.inception_weights=.*no such file"):
+        find_inception_weights(str(no_weights / "nope.pth"))
+
+
+def test_lookup_order_config_then_env_then_hub(no_weights, monkeypatch):
+    hub = no_weights / "hub" / "checkpoints" / WEIGHTS_FILE
+    hub.parent.mkdir(parents=True)
+    hub.write_bytes(b"x")
+    assert find_inception_weights(None) == hub
+    env = no_weights / "env.pth"
+    env.write_bytes(b"x")
+    monkeypatch.setenv(ENV_VAR, str(env))
+    assert find_inception_weights(None) == env
+    cfg = no_weights / "cfg.pth"
+    cfg.write_bytes(b"x")
+    assert find_inception_weights(str(cfg)) == cfg
+    assert inception.hub_weights_path() == hub
+
+
+def _write_folder(folder, rng, n, shift, size=16):
+    folder.mkdir()
+    for i in range(n):
+        base = rng.integers(0, 196, size=(4, 4, 3)) + shift
+        Image.fromarray(base.astype(np.uint8)).resize((size, size), Image.BILINEAR).save(folder / f"{i:03d}.png")
+
+
+def _read_folder(folder):
+    return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                        for p in sorted(folder.glob("*.png"))])
+
+
+def test_fid_and_kid_match_torch_fidelity_on_folders(inception_weights, tmp_path):
+    torch_fidelity = pytest.importorskip("torch_fidelity")
+    from chain_of_diffusion.metrics.kid import kernel_distance
+
+    rng = np.random.default_rng(0)
+    fake, real = tmp_path / "fake", tmp_path / "real"
+    _write_folder(fake, rng, 10, shift=60)
+    _write_folder(real, rng, 10, shift=0)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(fake), input2=str(real), fid=True, kid=True, kid_subset_size=10, cuda=False,
+        feature_extractor_weights_path=str(inception_weights), verbose=False, cache=False, save_cpu_ram=True,
+    )
+    model = load_inception(inception_weights)
+    f_fake, f_real = inception_features(model, _read_folder(fake)), inception_features(model, _read_folder(real))
+    fid = fid_torch_fidelity(f_fake, f_real)
+    assert fid > 1.0  # the two folders differ, so agreement is not 0 == 0
+    assert abs(fid - theirs["frechet_inception_distance"]) < 1e-3
+    kid, _ = kernel_distance(f_fake, f_real, subset_size=10)
+    assert abs(kid - theirs["kernel_inception_distance_mean"]) < 1e-6
+    # FID of a set against itself
+    assert abs(fid_torch_fidelity(f_real, f_real)) < 1e-3
+
+
+def test_features_of_mixed_sizes_match_one_by_one(inception_weights):
+    model = load_inception(inception_weights)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, s, s), dtype=torch.uint8, generator=g) for s in (16, 24, 16)]
+    together = inception_features(model, images, batch_size=2)
+    alone = torch.cat([inception_features(model, [im]) for im in images])
+    assert together.shape == (3, 2048)
+    assert torch.allclose(together, alone, atol=1e-4)
+    # [-1, 1] floats are the same images as their uint8 PNG values; grey images become RGB
+    as_float = images[0].float() / 127.5 - 1
+    assert torch.allclose(inception_features(model, [as_float]), alone[:1], atol=1e-4)
+    grey = images[0][:1]
+    assert torch.allclose(inception_features(model, [grey]), inception_features(model, [grey.repeat(3, 1, 1)]))
