@@ -33,7 +33,7 @@ GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
 MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
-SELECT_FEATURES = ("pixels", "classifier", "unet")
+SELECT_FEATURES = ("pixels", "classifier", "unet", "inception", "clip")
 ON_ERROR = ("error", "skip")
 
 
@@ -119,7 +119,8 @@ class MixConfig:
 class SelectConfig:
     method: str = "none"
     oversample: float = 1.0  # generate oversample x N candidates, keep N
-    # the space distances are measured in: pixels | classifier | unet (generation 0's UNet encoder)
+    # the space distances are measured in: pixels | classifier | unet (generation 0's UNet encoder) |
+    # inception | clip (where their weights exist: metrics.inception_weights, metrics.clip_*)
     features: str = "pixels"
     tau0: Optional[float] = None  # threshold_decay: start threshold (null = median NN distance)
     alpha: float = 0.9  # threshold_decay: tau <- alpha * tau
@@ -274,6 +275,16 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("select.oversample", sel.oversample, 1.0)
     _choice("select.features", sel.features, SELECT_FEATURES)
     _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
+    if sel.features == "inception" and sel.method in ("greedy_entropy", "threshold_decay"):
+        from chain_of_diffusion.metrics.inception import find_inception_weights  # late: imports torch
+
+        try:
+            find_inception_weights(cfg.metrics.inception_weights)
+        except ConfigError as err:
+            raise ConfigError(
+                f"config key 'select.features': 'inception' has no weights here ({err}); "
+                f"spaces that need none: pixels, classifier, unet"
+            ) from None
     _at_least("select.latent_k", sel.latent_k, 1)
     uses_unet = sel.method == "latent" or (sel.features == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
     if uses_unet and not 0 <= sel.latent_t < m.num_train_timesteps:

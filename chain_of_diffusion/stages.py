@@ -372,8 +372,8 @@ def _unet_embedder(cfg: ChainConfig, run: RunDir):
 
 def _select_features(cfg: ChainConfig, run: RunDir, folder: Path, records: list[dict], cache_file: Path,
                      space: str, embed=None) -> torch.Tensor:
-    """(N, D) features of an image set in ``space`` (pixels | classifier | unet); the learned spaces
-    are cached in ``cache_file`` by image content, so an image is featurized once."""
+    """(N, D) features of an image set in ``space`` (pixels | classifier | unet | inception | clip);
+    the learned spaces are cached in ``cache_file`` by image content, so an image is featurized once."""
     from chain_of_diffusion.select.cache import cached_features
 
     if space == "pixels":  # the images themselves: nothing worth caching
@@ -381,6 +381,12 @@ def _select_features(cfg: ChainConfig, run: RunDir, folder: Path, records: list[
     if space == "classifier":
         classifier = load_classifier(run.reference / "classifier")
         fn = lambda images: extract_features(classifier, images)  # noqa: E731
+    elif space in ("inception", "clip"):  # the metrics' extractors; they fail in one line without weights
+        from chain_of_diffusion.metrics.suite import FeatureSpaces
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        spaces = FeatureSpaces(cfg.metrics, device=device)
+        fn = lambda images: spaces(space, images)  # noqa: E731
     else:
         fn = embed or _unet_embedder(cfg, run)
     return cached_features(
