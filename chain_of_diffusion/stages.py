@@ -530,6 +530,11 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
         metrics["generalization"] = generalization_score(sample_pixels, train_images.flatten(1))
     if "entropy" in names:
         metrics["entropy"] = knn_entropy(_features(cfg, classifier, train_images), k=cfg.metrics.entropy_k)
+    # Inception/CLIP distances, CLIP score, precision/recall, drift: the metrics module's own glue
+    from chain_of_diffusion.metrics.evaluation import STAGE_INLINE, evaluate_generation
+
+    metrics.update(evaluate_generation(cfg, run, generation, [n for n in names if n not in STAGE_INLINE],
+                                       device=accelerator.device, classifier=classifier))
     stats = read_json(train_dir / "stats.json", {})
     metrics["real_share"] = stats.get("real_share")
     metrics["num_train_images"] = stats.get("num_train_images")

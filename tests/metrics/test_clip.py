@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.metrics.clip import (
+    ClipWeightsError,
+    clip_image_features,
+    clip_score,
+    clip_text_features,
+    load_clip,
+)
+
+open_clip = pytest.importorskip("open_clip")
+
+TINY = "cod-tiny-test-clip"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory):
+    """A random-weight open-clip model registered under TINY, saved as a local checkpoint file."""
+    folder = tmp_path_factory.mktemp("clip")
+    (folder / f"{TINY}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(folder / f"{TINY}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY, pretrained=None)
+    path = folder / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_local_checkpoint_loads_those_weights(tiny_clip_file):
+    clip = load_clip(TINY, str(tiny_clip_file))
+    saved = torch.load(tiny_clip_file)
+    key = next(k for k in saved if k.endswith("proj") or "proj" in k)
+    assert torch.equal(clip.model.state_dict()[key], saved[key])
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    f_img = clip_image_features(clip, images)
+    f_txt = clip_text_features(clip, ["a red square", "a digit", "a cat"])
+    assert f_img.shape == (3, 32) and f_txt.shape == (3, 32)
+    assert torch.allclose(f_img.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert 0.0 <= clip_score(f_img, f_txt) <= 100.0
+
+
+def test_clip_score_formula():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])
+    # cosines 1, 0.8, -1 -> 100 * max(cos, 0) = 100, 80, 0
+    assert clip_score(a, b) == pytest.approx(60.0)
+    with pytest.raises(ValueError):
+        clip_score(a, b[:2])
+
+
+def test_missing_weights_and_unknown_model_are_one_line_config_errors(tmp_path):
+    with pytest.raises(ClipWeightsError) as err:
+        load_clip("ViT-B-32", str(tmp_path / "missing.pt"))
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
+    assert "metrics.clip_pretrained" in str(err.value)
+    with pytest.raises(ClipWeightsError, match="not an open-clip model"):
+        load_clip("no-such-model", None)
