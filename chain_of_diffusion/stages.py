@@ -547,5 +547,9 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     requests = json.loads((run.reference / "grid_requests.json").read_text())
     grid = render(model, requests, cfg.sample)
     make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=_grid_scale(cfg)).save(out / "grid.png")
+    if cfg.metrics.tracker != "none":  # step = generation, so TensorBoard shows the report's curves
+        from chain_of_diffusion.metrics.tracking import log_generation
+
+        log_generation(cfg.metrics.tracker, cfg.output_dir, metrics, out / "grid.png")
     accelerator.wait_for_everyone()
     return metrics

@@ -1,0 +1,54 @@
+"""Log each generation's metrics and image grid to an experiment tracker through accelerate's
+trackers (``metrics.tracker``: none | tensorboard | wandb), on the main process.
+
+TensorBoard event files go to ``<output_dir>/tensorboard/``; the step is the generation, so the
+curves in TensorBoard are the report's curves. A tracker whose package is missing is a one-line
+:class:`~chain_of_diffusion.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from chain_of_diffusion.config import ConfigError
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def open_tracker(kind: str, output_dir: str | Path, run_name: str = "chain"):
+    """An accelerate ``GeneralTracker`` (or None for ``none``)."""
+    if kind == "none":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(PACKAGES[kind]) is None:
+        raise ConfigError(f"config key 'metrics.tracker': {kind!r} needs `pip install {PACKAGES[kind]}`")
+    if kind == "tensorboard":
+        from accelerate.tracking import TensorBoardTracker
+
+        tracker = TensorBoardTracker(run_name, Path(output_dir) / "tensorboard")
+    else:
+        from accelerate.tracking import WandBTracker
+
+        tracker = WandBTracker(run_name, dir=str(output_dir))
+    tracker.start()  # accelerate's Accelerator.init_trackers does this; standalone use must too
+    return tracker
+
+
+def log_generation(kind: str, output_dir: str | Path, metrics: dict, grid: str | Path | None = None) -> None:
+    """Log the numeric entries of one generation's ``metrics`` (step = ``metrics["generation"]``)
+    and its grid image (as ``samples``)."""
+    tracker = open_tracker(kind, output_dir)
+    if tracker is None:
+        return
+    step = int(metrics["generation"])
+    values = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "generation"}
+    tracker.log(values, step=step)
+    if grid is not None and Path(grid).exists():
+        image = np.asarray(Image.open(grid).convert("RGB"))  # (H, W, 3) uint8
+        tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
+    tracker.finish()

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.metrics import tracking
+from chain_of_diffusion.metrics.tracking import log_generation, open_tracker
+
+
+def test_tensorboard_gets_metrics_per_generation_and_the_grid(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Image.fromarray(np.full((8, 16, 3), 200, np.uint8)).save(tmp_path / "grid.png")
+    log_generation("tensorboard", tmp_path, {"generation": 0, "fid_inception": 12.5, "note": None}, tmp_path / "grid.png")
+    log_generation("tensorboard", tmp_path, {"generation": 1, "fid_inception": 20.0, "flag": True})
+    ea = EventAccumulator(str(tmp_path / "tensorboard" / "chain"))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("fid_inception")] == [(0, 12.5), (1, 20.0)]
+    assert ea.Tags()["images"] == ["samples"] and "note" not in ea.Tags()["scalars"]
+    assert "flag" not in ea.Tags()["scalars"]
+
+
+def test_none_and_missing_package(tmp_path, monkeypatch):
+    assert open_tracker("none", tmp_path) is None
+    monkeypatch.setitem(tracking.PACKAGES, "tensorboard", "no_such_package_xyz")
+    with pytest.raises(ConfigError, match="metrics.tracker.*pip install"):
+        open_tracker("tensorboard", tmp_path)
