@@ -1,0 +1,58 @@
+"""report.html opened by a real browser: headless Chromium (Debian's ``chromium``) loads the page
+with no server, every image (curves and grids) decodes, and a screenshot is saved."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
+
+# appended to a copy of the page, next to it so relative image paths resolve as in the original
+PROBE = """
+<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images].map(i => ({src: i.getAttribute("src"), cls: i.className,
+                                               ok: i.complete && i.naturalWidth > 0}));
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify(imgs);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def _chromium(*args, timeout=120):
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                           "--virtual-time-budget=10000", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    page = (run / "report.html").read_text()
+    probe = run / "report_probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+    proc = _chromium("--dump-dom", probe.as_uri())
+    match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
+    assert match, proc.stderr[-2000:]
+    images = json.loads(html.unescape(match.group(1)))
+    curves = [i for i in images if i["cls"] == "curve"]
+    grids = [i for i in images if i["cls"] == "grid"]
+    assert len(curves) >= 2 and len(grids) >= 3  # the real row and 2 generations
+    broken = [i["src"] for i in images if not i["ok"]]
+    assert not broken, f"images that did not load: {broken}"
+
+    shot = tmp_path / "report.png"
+    proc = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", (run / "report.html").as_uri())
+    assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1200, 1600)
+        assert len(set(im.convert("L").resize((60, 80)).getdata())) > 5  # not a blank page
