@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from chain_of_diffusion.config import SampleConfig
 from chain_of_diffusion.data.imageset import save_png, tensor_to_pil
 from chain_of_diffusion.models.build import T2IModel, decode_latents, encode_captions
-from chain_of_diffusion.samplers import guidance_scales, sample
+from chain_of_diffusion.samplers import guidance_scales, num_denoising_calls, sample
 
 
 def file_name_for(index: int) -> str:
@@ -35,7 +35,8 @@ def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress
     captions = sorted({r["text"] for r in requests} | {""})
     table = dict(zip(captions, encode_captions(model, captions)))
     shape = (model.latent_channels, model.unet.config.sample_size, model.unet.config.sample_size)
-    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, cfg.steps)
+    calls = num_denoising_calls(cfg.scheduler, cfg.steps, model.noise_scheduler.config)
+    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, calls)
     out = []
     for lo in range(0, len(requests), cfg.batch_size):
         chunk = requests[lo : lo + cfg.batch_size]

@@ -1,9 +1,8 @@
 """Sampling loops over diffusers schedulers with classifier-free guidance (no I/O).
 
-Determinism: the UNet is always called on a batch whose row count is a multiple of
-:data:`ROW_MULTIPLE`; on CPU, oneDNN convolutions give per-row results that depend on the batch
-size only below that, so an image depends on its own noise and caption alone, not on which
-other images share its batch or process.
+Determinism: the UNet is always called on batches of exactly :data:`~chain_of_diffusion.batching.UNET_ROWS`
+rows (:func:`~chain_of_diffusion.batching.fixed_batches`), so an image depends on its own noise and
+caption alone, not on which other images share its batch or process.
 """
 
 from __future__ import annotations
@@ -18,15 +17,17 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    PNDMScheduler,
 )
 
-ROW_MULTIPLE = 8
+from chain_of_diffusion.batching import UNET_ROWS, fixed_batches
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
     "dpmsolver++": DPMSolverMultistepScheduler,
     "euler": EulerDiscreteScheduler,
+    "pndm": PNDMScheduler,  # StableDiffusionPipeline's default for SD 1.x
 }
 
 
@@ -58,21 +59,22 @@ def make_scheduler(name: str, train_scheduler_config: dict):
         kwargs["algorithm_type"] = "dpmsolver++"
     if name == "ddim":
         kwargs["set_alpha_to_one"] = False
+    if name == "pndm":
+        kwargs["skip_prk_steps"] = True  # PLMS only, as Stable Diffusion's scheduler config sets
     return cls.from_config(train_scheduler_config, **kwargs)
 
 
-def _padded_rows(x: torch.Tensor) -> torch.Tensor:
-    extra = (-x.shape[0]) % ROW_MULTIPLE
-    if extra == 0:
-        return x
-    return torch.cat([x, x[:1].expand(extra, *x.shape[1:])])
+def num_denoising_calls(name: str, steps: int, train_scheduler_config: dict) -> int:
+    """How many UNet evaluations (timesteps) ``steps`` sampling steps take: one more for PNDM,
+    whose PLMS start repeats a timestep. Guidance schedules need one scale per evaluation."""
+    sched = make_scheduler(name, train_scheduler_config)
+    sched.set_timesteps(steps)
+    return len(sched.timesteps)
 
 
 def _denoise(unet, x: torch.Tensor, t, emb: torch.Tensor) -> torch.Tensor:
-    rows = x.shape[0]
-    timesteps = torch.full((ROW_MULTIPLE * math.ceil(rows / ROW_MULTIPLE),), int(t), device=x.device)
-    out = unet(_padded_rows(x), timesteps, encoder_hidden_states=_padded_rows(emb)).sample
-    return out[:rows]
+    timesteps = torch.full((UNET_ROWS,), int(t), device=x.device)
+    return fixed_batches(lambda xs, es: unet(xs, timesteps, encoder_hidden_states=es).sample, UNET_ROWS, x, emb)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import ModelConfig, SampleConfig
 from chain_of_diffusion.generate import render
 from chain_of_diffusion.models.build import build_model, encode_captions
@@ -34,18 +35,18 @@ def test_scale_one_skips_the_unconditional_half_with_the_same_result(model):
         calls.append(args[0].shape[0])
         return unet(*args, **kwargs)
 
-    noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     emb = encode_captions(model, ["a", "b", "c", ""])
-    cond, uncond = emb[:3], emb[3:]
+    cond, uncond = emb[torch.arange(40) % 3], emb[3:]
     fast = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0] * 3)
-    assert calls == [8, 8, 8]  # 3 conditional rows padded to 8, no unconditional half
+    assert calls == [UNET_ROWS] * 3  # 40 conditional rows in one fixed-size call, no unconditional half
     calls.clear()
     full = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0 + 1e-7] * 3)
-    assert calls == [8, 8, 8]  # 6 rows padded to 8: the unconditional half is computed
+    assert calls == [UNET_ROWS] * 6  # 80 rows: the unconditional half is computed
     assert torch.allclose(fast, full, atol=1e-4)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpmsolver++", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpmsolver++", "euler", "pndm"])
 def test_images_do_not_depend_on_batch_size(model, scheduler):
     requests = [{"text": f"a handwritten digit {w}", "seed": 100 + i} for i, w in enumerate(["one", "two"] * 5)]
     big = render(model, requests, SampleConfig(steps=4, batch_size=10, scheduler=scheduler))

@@ -19,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from chain_of_diffusion.batching import TEXT_ROWS, VAE_ROWS, fixed_batches
 from chain_of_diffusion.config import ModelConfig
 
 MAX_TOKENS = 77  # CLIP's context length, as Stable Diffusion uses it
@@ -235,30 +236,30 @@ def set_attention(unet: UNet2DConditionModel, mode: str, device: torch.device) -
 
 
 @torch.no_grad()
-def encode_captions(model: T2IModel, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+def encode_captions(model: T2IModel, captions: list[str]) -> torch.Tensor:
     """Captions -> CLIP last hidden states (N, 77, D), as Stable Diffusion conditions on them."""
     device = next(model.text_encoder.parameters()).device
-    out = []
-    for i in range(0, len(captions), batch_size):
-        ids = model.tokenizer(
-            captions[i : i + batch_size], padding="max_length", max_length=MAX_TOKENS,
-            truncation=True, return_tensors="pt",
-        ).input_ids.to(device)
-        out.append(model.text_encoder(ids)[0].float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    if not captions:
+        return torch.empty(0)
+    ids = model.tokenizer(
+        list(captions), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt",
+    ).input_ids
+    return fixed_batches(lambda chunk: model.text_encoder(chunk.to(device))[0].float().cpu(), TEXT_ROWS, ids)
 
 
 @torch.no_grad()
-def encode_images(model: T2IModel, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def encode_images(model: T2IModel, images: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> what the UNet denoises: latents (scaled) with a VAE, else the pixels."""
     if model.vae is None:
         return images
     device = next(model.vae.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        dist = model.vae.encode(images[i : i + batch_size].to(device)).latent_dist
-        out.append((dist.mean * model.vae.config.scaling_factor).cpu())
-    return torch.cat(out)
+    dtype = next(model.vae.parameters()).dtype
+
+    def encode(chunk: torch.Tensor) -> torch.Tensor:
+        mean = model.vae.encode(chunk.to(device, dtype)).latent_dist.mean
+        return (mean * model.vae.config.scaling_factor).float().cpu()
+
+    return fixed_batches(encode, VAE_ROWS, images)
 
 
 @torch.no_grad()
@@ -266,4 +267,5 @@ def decode_latents(model: T2IModel, latents: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`encode_images`: -> pixels in [-1, 1]."""
     if model.vae is None:
         return latents
-    return model.vae.decode(latents / model.vae.config.scaling_factor).sample.clamp(-1, 1)
+    scaled = latents / model.vae.config.scaling_factor
+    return fixed_batches(lambda chunk: model.vae.decode(chunk).sample.clamp(-1, 1), VAE_ROWS, scaled)
