@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-UNET_ROWS = 64  # rows per UNet call while sampling (the unconditional and conditional halves together)
+UNET_ROWS = 32  # rows per UNet call while sampling (the unconditional and conditional halves together)
 TEXT_ROWS = 64  # captions per text-encoder call
 VAE_ROWS = 8  # images per VAE encoder or decoder call (the VAE is heavy per row at full resolution)
 

@@ -39,10 +39,11 @@ def test_scale_one_skips_the_unconditional_half_with_the_same_result(model):
     emb = encode_captions(model, ["a", "b", "c", ""])
     cond, uncond = emb[torch.arange(40) % 3], emb[3:]
     fast = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0] * 3)
-    assert calls == [UNET_ROWS] * 3  # 40 conditional rows in one fixed-size call, no unconditional half
+    per_step = -(-40 // UNET_ROWS)
+    assert calls == [UNET_ROWS] * 3 * per_step  # 40 conditional rows in fixed-size calls, no unconditional half
     calls.clear()
     full = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0 + 1e-7] * 3)
-    assert calls == [UNET_ROWS] * 6  # 80 rows: the unconditional half is computed
+    assert calls == [UNET_ROWS] * 3 * -(-80 // UNET_ROWS)  # 80 rows: the unconditional half is computed
     assert torch.allclose(fast, full, atol=1e-4)
 
 
