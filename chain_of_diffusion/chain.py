@@ -83,13 +83,18 @@ def _env_info(accelerator) -> dict:
     }
 
 
-def check_launch(accelerator) -> None:
-    """Stop when a launcher started several processes that all believe they are rank 0."""
+def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
+    """Stop when a launcher started several processes that all believe they are rank 0, or when
+    the precision asked for cannot run on the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and accelerator.num_processes == 1:
         raise LaunchError(
             f"{world} processes were launched but accelerate sees 1 (each would run the whole chain "
             "as rank 0); on a CPU machine launch with ACCELERATE_USE_CPU=1"
+        )
+    if cfg is not None and cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise LaunchError(
+            "train.mixed_precision=fp16 needs a CUDA GPU (CPU autocast has no fp16); use bf16 or no on a CPU"
         )
 
 
@@ -176,6 +181,16 @@ def write_derived(run: RunDir, cfg: ChainConfig) -> list[dict]:
     return rows
 
 
+def _log_to_tracker(run: RunDir, cfg: ChainConfig, rows: list[dict]) -> None:
+    """Give metrics.tracker the generations whose evaluate stage committed and that it has not had."""
+    if cfg.metrics.tracker == "none":
+        return
+    from chain_of_diffusion.metrics.tracking import log_pending
+
+    grids = {row["generation"]: run.stage_path(row["generation"], "evaluate") / "grid.png" for row in rows}
+    log_pending(cfg.metrics.tracker, run.root, rows, grids)
+
+
 def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     """Run (or resume) the chain described by ``cfg``. Every process calls this."""
     from accelerate import Accelerator
@@ -183,7 +198,7 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     from chain_of_diffusion import stages
 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
-    check_launch(accelerator)
+    check_launch(accelerator, cfg)
     main = accelerator.is_main_process
     run = RunDir(cfg.output_dir)
     say = echo if main else (lambda *a, **k: None)
@@ -199,6 +214,8 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
         plan = planned_stages(cfg, run)
         if all(done for _, done in plan):
             rows = write_derived(run, cfg) if main else []
+            if main:
+                _log_to_tracker(run, cfg, rows)
             say(f"nothing to do: all {cfg.generations} generations in {run.root} are finished")
             say(metrics_table(rows))
             return ChainResult(run.root, rows, [])
@@ -257,7 +274,7 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
                 accelerator.wait_for_everyone()
                 ran.append(f"gen {g} {stage}")
             if main:
-                write_derived(run, cfg)
+                _log_to_tracker(run, cfg, write_derived(run, cfg))
         rows = write_derived(run, cfg) if main else []
         if main:
             state["finished"] = True

@@ -81,6 +81,8 @@ class TrainConfig:
     lora_alpha: Optional[int] = None  # null = lora_rank (scale 1)
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    lora_text_encoder: bool = False  # also train a LoRA on the CLIP text encoder (captions re-encoded every step)
+    lora_text_encoder_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     mixed_precision: str = "no"  # no | fp16 | bf16; with LoRA the frozen base is stored in this dtype
     attention: str = "auto"
     gradient_checkpointing: bool = False
@@ -228,6 +230,8 @@ def validate(cfg: ChainConfig) -> None:
     if not 0.0 <= t.lora_dropout < 1.0:
         raise ConfigError(f"config key 'train.lora_dropout': must be in [0, 1), got {t.lora_dropout}")
     _at_least("train.lora_alpha", t.lora_alpha, 1, allow_none=True)
+    if t.lora_text_encoder and t.mode != "lora":
+        raise ConfigError("config key 'train.lora_text_encoder': needs train.mode=lora")
     if not t.lora_target_modules:
         raise ConfigError("config key 'train.lora_target_modules': empty; name at least one module, e.g. to_q")
     if t.snr_gamma is not None and t.snr_gamma <= 0:

@@ -37,6 +37,7 @@ from chain_of_diffusion.metrics.classifier import (
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.mix import build_training_set
 from chain_of_diffusion.models.build import (
+    MAX_TOKENS,
     build_model,
     build_unet,
     encode_captions,
@@ -124,6 +125,9 @@ def stage_reference(cfg: ChainConfig, run: RunDir, out: Path) -> dict:
     if "fd_classifier" in cfg.metrics.names:
         summary[f"fd_{cfg.metrics.features}_reference"] = frechet_distance(train_features, heldout_features)
     summary["entropy_reference"] = knn_entropy(train_features, k=cfg.metrics.entropy_k)
+    from chain_of_diffusion.metrics.evaluation import inception_reference  # {} unless fid/kid_inception
+
+    summary.update(inception_reference(cfg, heldout, load_images(run.real / "train", train_records), out))
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
@@ -169,7 +173,7 @@ def load_trained(cfg: ChainConfig, run: RunDir, generation: int):
     folder = run.stage_path(generation, "train")
     if cfg.train.mode == "lora":
         model = load_base(cfg, run)
-        attach_saved_lora(model.unet, folder)
+        attach_saved_lora(model.unet, folder, model.text_encoder if cfg.train.lora_text_encoder else None)
         return model
     return load_model(folder)
 
@@ -180,13 +184,16 @@ def _training_model(cfg: ChainConfig, run: RunDir, generation: int, device):
     init = cfg.train.init
     if cfg.train.mode == "lora":
         set_attention(model.unet, cfg.train.attention, device)
-        model.unet.to(device, dtype=_weight_dtype(cfg))  # frozen base in the compute dtype
-        add_lora(model.unet, cfg.train, seed=derive_seed(cfg.seed, "lora", generation))
-        if init == "previous" and generation > 0:
-            load_lora_into(model.unet, run.stage_path(generation - 1, "train"))
-        for net in (model.text_encoder, model.vae):
+        for net in (model.unet, model.text_encoder, model.vae):  # frozen bases in the compute dtype
             if net is not None:
                 net.to(device, dtype=_weight_dtype(cfg))
+        add_lora(model.unet, cfg.train, seed=derive_seed(cfg.seed, "lora", generation))
+        text_encoder = None
+        if cfg.train.lora_text_encoder:
+            text_encoder = model.text_encoder
+            add_lora(text_encoder, cfg.train, seed=derive_seed(cfg.seed, "lora_text", generation), text_encoder=True)
+        if init == "previous" and generation > 0:
+            load_lora_into(model.unet, run.stage_path(generation - 1, "train"), text_encoder)
         return model
     if init == "scratch":
         model.unet = build_unet(
@@ -214,6 +221,10 @@ def _training_data(cfg: ChainConfig, run: RunDir, train_dir: Path, records: list
         images = load_images(train_dir, [records[i] for i in positions])
         return encode_images(model, images.flip(-1) if flip else images)
 
+    if cfg.train.lora_text_encoder:  # the text encoder trains: captions go in as token ids
+        ids = model.tokenizer(captions + [""], padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                              return_tensors="pt").input_ids
+        text = {"caption_ids": ids[:-1], "empty_ids": ids[-1:]}
     if cfg.train.cache_latents and model.vae is not None:
         cache = EncodingCache(run.root / "cache")
         image_keys = {flip: [file_key(image_path(train_dir, r), "flip" if flip else "") for r in records]
@@ -222,20 +233,24 @@ def _training_data(cfg: ChainConfig, run: RunDir, train_dir: Path, records: list
         if accelerator.is_main_process:
             for flip in flips:
                 cache.fill(image_keys[flip], lambda pos, flip=flip: encode_pixels(pos, flip))
-            cache.fill(text_keys, lambda pos: encode_captions(model, [(captions + [""])[i] for i in pos]))
+            if not cfg.train.lora_text_encoder:
+                cache.fill(text_keys, lambda pos: encode_captions(model, [(captions + [""])[i] for i in pos]))
         accelerator.wait_for_everyone()
         x0 = {flip: cache.load(image_keys[flip]) for flip in flips}
-        embeddings = cache.load(text_keys)
+        if not cfg.train.lora_text_encoder:
+            embeddings = cache.load(text_keys)
     else:
         everything = list(range(len(records)))
         x0 = {flip: encode_pixels(everything, flip) for flip in flips}
-        embeddings = encode_captions(model, captions + [""])
+        if not cfg.train.lora_text_encoder:
+            embeddings = encode_captions(model, captions + [""])
+    if not cfg.train.lora_text_encoder:
+        text = {"caption_embeddings": embeddings[:-1].float(), "empty_embedding": embeddings[-1:].float()}
     return TrainData(
         x0=x0[False].float(),
         caption_index=torch.tensor([index[r["text"]] for r in records]),
-        caption_embeddings=embeddings[:-1].float(),
-        empty_embedding=embeddings[-1:].float(),
         x0_flipped=x0[True].float() if cfg.data.random_flip else None,
+        **text,
     )
 
 
@@ -256,12 +271,13 @@ def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accel
         seed=derive_seed(cfg.seed, "train", generation), accelerator=accelerator,
         checkpoint_dir=checkpoints, objective=objective_of(model), desc=f"gen {generation} train",
         on_step=validation_hook(cfg, run, generation, model, accelerator),
+        text_encoder=model.text_encoder if cfg.train.lora_text_encoder else None,
     )
     summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
                "resumed_from_step": result.resumed_from_step}
     if accelerator.is_main_process:
         if cfg.train.mode == "lora":
-            save_lora(model.unet, out, cfg.train)
+            save_lora(model.unet, out, cfg.train, model.text_encoder if cfg.train.lora_text_encoder else None)
         else:
             save_model(model, out)
         (out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -286,18 +302,36 @@ def validation_hook(cfg: ChainConfig, run: RunDir, generation: int, model, accel
     def on_step(step: int, unet) -> None:
         if step % every:
             return
-        unet.eval()
+        training = [net for net in (unet, model.text_encoder) if net.training]
+        for net in training:
+            net.eval()
         with accelerator.split_between_processes(requests) as mine, accelerator.autocast():
             images = render(model, list(mine), cfg.sample) if mine else torch.empty(0)
             shard = [(r["index"], images[k].float().numpy()) for k, r in enumerate(mine)]
-        unet.train()
+        for net in training:
+            net.train()
         gathered = sorted(gather_object(shard), key=lambda item: item[0])
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             grid = torch.stack([torch.from_numpy(image) for _, image in gathered])
-            make_grid_image(grid, nrow=len(gathered), scale=_grid_scale(cfg)).save(folder / f"step_{step:06d}.png")
+            path = folder / f"step_{step:06d}.png"
+            make_grid_image(grid, nrow=len(gathered), scale=_grid_scale(cfg)).save(path)
+            if cfg.metrics.tracker != "none":  # beside the metrics, as diffusers' scripts log validation
+                _log_validation(cfg, generation, step, path)
 
     return on_step
+
+
+def _log_validation(cfg: ChainConfig, generation: int, step: int, path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from chain_of_diffusion.metrics.tracking import open_tracker
+
+    tracker = open_tracker(cfg.metrics.tracker, cfg.output_dir, run_name=f"gen_{generation:02d}_validation")
+    tracker.log_images({"validation": np.asarray(Image.open(path).convert("RGB"))[None]}, step=step,
+                       dataformats="NHWC")
+    tracker.finish()
 
 
 def sample_captions(cfg: ChainConfig, run: RunDir) -> list[str]:
@@ -506,12 +540,18 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     classifier = None
     if cfg.metrics.features == "classifier":
         classifier = load_classifier(run.reference / "classifier")
+    from chain_of_diffusion.metrics import evaluation
+    from chain_of_diffusion.metrics.suite import FeatureSpaces
+
+    spaces = FeatureSpaces(cfg.metrics, classifier=classifier, device=accelerator.device)
     positions = list(range(len(sample_records)))
     with accelerator.split_between_processes(positions) as mine:
         images = load_images(samples_dir, [sample_records[i] for i in mine])
         feats = _features(cfg, classifier, images) if len(mine) else torch.empty(0)
         shard = [(i, feats[k].numpy(), images[k].flatten().numpy()) for k, i in enumerate(mine)]
     gathered = sorted(gather_object(shard), key=lambda item: item[0])
+    # Inception/CLIP features of the samples: sharded too, cached in this stage's folder
+    pretrained = evaluation.sample_features_sharded(cfg, images, sample_records, out, accelerator, spaces)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return {}
@@ -531,10 +571,10 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     if "entropy" in names:
         metrics["entropy"] = knn_entropy(_features(cfg, classifier, train_images), k=cfg.metrics.entropy_k)
     # Inception/CLIP distances, CLIP score, precision/recall, drift: the metrics module's own glue
-    from chain_of_diffusion.metrics.evaluation import STAGE_INLINE, evaluate_generation
-
-    metrics.update(evaluate_generation(cfg, run, generation, [n for n in names if n not in STAGE_INLINE],
-                                       device=accelerator.device, classifier=classifier))
+    rest = [n for n in names if n not in evaluation.STAGE_INLINE]
+    metrics.update(evaluation.evaluate_generation(cfg, run, generation, rest, device=accelerator.device,
+                                                  classifier=classifier, sample_features=pretrained,
+                                                  feature_dir=out, spaces=spaces))
     stats = read_json(train_dir / "stats.json", {})
     metrics["real_share"] = stats.get("real_share")
     metrics["num_train_images"] = stats.get("num_train_images")
@@ -547,9 +587,6 @@ def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, ac
     requests = json.loads((run.reference / "grid_requests.json").read_text())
     grid = render(model, requests, cfg.sample)
     make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=_grid_scale(cfg)).save(out / "grid.png")
-    if cfg.metrics.tracker != "none":  # step = generation, so TensorBoard shows the report's curves
-        from chain_of_diffusion.metrics.tracking import log_generation
-
-        log_generation(cfg.metrics.tracker, cfg.output_dir, metrics, out / "grid.png")
+    # the tracker is told by the orchestrator once this stage has committed (tracking.log_pending)
     accelerator.wait_for_everyone()
     return metrics

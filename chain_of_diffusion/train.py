@@ -60,14 +60,18 @@ class TrainData:
     x0: (N, C, H, W) pixels in [-1, 1] or VAE latents; caption_index: (N,) rows of
     ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "";
     x0_flipped: (N, C, H, W) the encodings of the mirrored images, where ``data.random_flip``
-    asks for flips (each sample of each step is flipped with probability 1/2).
+    asks for flips (each sample of each step is flipped with probability 1/2). Where the text
+    encoder trains too (its own LoRA), the captions are token ids instead of embeddings:
+    caption_ids (U, L) and empty_ids (1, L), encoded anew every step.
     """
 
     x0: torch.Tensor
     caption_index: torch.Tensor
-    caption_embeddings: torch.Tensor
-    empty_embedding: torch.Tensor
+    caption_embeddings: Optional[torch.Tensor] = None
+    empty_embedding: Optional[torch.Tensor] = None
     x0_flipped: Optional[torch.Tensor] = None
+    caption_ids: Optional[torch.Tensor] = None
+    empty_ids: Optional[torch.Tensor] = None
 
 
 def micro_batch_layout(batch_size: int, micro_batch_size: Optional[int], num_processes: int) -> tuple[int, int]:
@@ -145,21 +149,25 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _trainable_only_checkpoints(accelerator: Accelerator, unet: torch.nn.Module):
+def _named_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
+    return {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters()}
+
+
+def _trainable_only_checkpoints(accelerator: Accelerator, modules: dict[str, torch.nn.Module]):
     """Save and load only the trainable parameters (a LoRA: megabytes, not the gigabytes of the
     frozen base) in accelerate checkpoints. Returns the hook handles."""
-    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+    names = [n for n, p in _named_parameters(modules).items() if p.requires_grad]
 
     def save_hook(models, weights, output_dir):
-        state = dict(unet.named_parameters())
+        state = _named_parameters(modules)
         save_file({n: state[n].detach().float().cpu().contiguous() for n in names},
                   os.path.join(output_dir, TRAINABLE_WEIGHTS))
-        weights.clear()  # accelerate writes nothing more for the model
+        weights.clear()  # accelerate writes nothing more for the models
 
     def load_hook(models, input_dir):
         models.clear()  # accelerate must not load a full state dict
         loaded = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
-        state = dict(unet.named_parameters())
+        state = _named_parameters(modules)
         if set(loaded) != set(names):
             raise TrainingError(f"{input_dir}: checkpoint does not match the trainable parameters")
         with torch.no_grad():
@@ -182,11 +190,13 @@ def train_denoiser(
     objective: str = "eps",
     desc: str = "train",
     on_step: Optional[Callable[[int, torch.nn.Module], None]] = None,
+    text_encoder: Optional[torch.nn.Module] = None,
 ) -> TrainResult:
     """Train the parameters of ``unet`` that require grad, in place, for ``cfg.steps`` optimizer
     steps, resuming from ``checkpoint_dir``. The caller decides what is trainable (all of it for a
     full finetune, the adapter for LoRA). ``on_step(step, unet)`` runs on every process after each
-    optimizer step (validation images)."""
+    optimizer step (validation images). With ``text_encoder`` given, its trainable parameters
+    train too and captions are encoded every step from ``data.caption_ids``."""
     started = time.time()
     checkpoint_dir = Path(checkpoint_dir)
     num_examples = data.x0.shape[0]
@@ -195,10 +205,16 @@ def train_denoiser(
     micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     pair_fn = OBJECTIVES[objective]
     unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
+    modules = {"unet": unet} if text_encoder is None else {"unet": unet, "text_encoder": text_encoder}
+    if text_encoder is not None:
+        text_encoder.train()
+        if data.caption_ids is None:
+            raise TrainingError(f"{desc}: a trained text encoder needs caption token ids")
+    everything = _named_parameters(modules)
+    params = [p for p in everything.values() if p.requires_grad]
     if not params:
         raise TrainingError(f"{desc}: the model has no trainable parameters")
-    partial = len(params) < len(list(unet.parameters()))
+    partial = len(params) < len(everything)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = make_optimizer(params, cfg)
@@ -207,8 +223,12 @@ def train_denoiser(
         num_training_steps=cfg.steps,
     )
     # the LR scheduler stays outside prepare(): accelerate would step it once per process
-    model, optimizer = accelerator.prepare(unet, optimizer)
-    hooks = _trainable_only_checkpoints(accelerator, unet) if partial else []
+    if text_encoder is not None:
+        model, te_model, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    else:
+        model, optimizer = accelerator.prepare(unet, optimizer)
+    wrapped_models = [model] if text_encoder is None else [model, te_model]
+    hooks = _trainable_only_checkpoints(accelerator, modules) if partial else []
     progress = _Progress()
     accelerator.register_for_checkpointing(progress, lr_scheduler)
     ema = None
@@ -252,13 +272,22 @@ def train_denoiser(
             if flipped is not None:
                 x0 = torch.where(flipped[sl, None, None, None], data.x0_flipped[idx[sl]], x0)
             x0 = x0.to(device)
-            emb = emb_all[data.caption_index[idx[sl]]]
-            emb = torch.where(dropped[sl, None, None], empty.expand_as(emb), emb).to(device)
+            if text_encoder is None:
+                emb = emb_all[data.caption_index[idx[sl]]]
+                emb = torch.where(dropped[sl, None, None], empty.expand_as(emb), emb).to(device)
+            else:
+                ids = data.caption_ids[data.caption_index[idx[sl]]]
+                ids = torch.where(dropped[sl, None], data.empty_ids.expand_as(ids), ids).to(device)
             t = timesteps[sl].to(device)
             pair = pair_fn(noise_scheduler, x0, noise[sl].to(device), t)
             sync = m == accum - 1
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            ctx = contextlib.ExitStack()
+            if not sync:  # gradients are all-reduced once per step, after the last micro-batch
+                for wrapped in wrapped_models:
+                    ctx.enter_context(accelerator.no_sync(wrapped))
             with ctx, accelerator.autocast():
+                if text_encoder is not None:
+                    emb = te_model(ids)[0]
                 pred = model(pair.noisy, t, encoder_hidden_states=emb).sample
                 weights = min_snr_weights(noise_scheduler, t, cfg.snr_gamma, objective) if cfg.snr_gamma else None
                 loss = mse_loss(pred, pair.target, weights) / accum
@@ -295,6 +324,8 @@ def train_denoiser(
     if ema is not None:  # the averaged weights are the model, as in diffusers' --use_ema
         ema.copy_to(params)
     unet.eval()
+    if text_encoder is not None:
+        text_encoder.eval()
     # drop accelerate's references so the next generation's prepare() starts clean
     accelerator._models.clear()
     accelerator._optimizers.clear()

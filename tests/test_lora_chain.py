@@ -102,3 +102,31 @@ def test_incomplete_pipeline_folder_is_named(tmp_path, tiny_sd_pipeline):
     shutil.rmtree(broken / "vae")
     proc = run_cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", f"model.pretrained={broken}", *SMALL)
     assert proc.returncode == 2 and "vae/" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bf16_lora_chain_runs_on_cpu_and_fp16_is_refused(tmp_path, tiny_sd_pipeline):
+    common = ["--config", str(LORA), f"model.pretrained={tiny_sd_pipeline}", "generations=1", *SMALL]
+    proc = run_cli(*common, f"output_dir={tmp_path / 'bf16'}", "train.mixed_precision=bf16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "bf16" / "gen_00" / "model" / "pytorch_lora_weights.safetensors").is_file()
+    proc = run_cli(*common, f"output_dir={tmp_path / 'fp16'}", "train.mixed_precision=fp16")
+    assert proc.returncode == 2 and "bf16" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "fp16" / "gen_00").exists()  # refused before any work
+
+
+def test_text_encoder_lora_is_saved_and_reproduced_by_the_pipeline(tmp_path, tiny_sd_pipeline):
+    import yaml
+    from safetensors.torch import load_file
+
+    out = tmp_path / "te"
+    proc = run_cli("--config", str(LORA), f"output_dir={out}", f"model.pretrained={tiny_sd_pipeline}",
+                   "generations=1", "train.lora_text_encoder=true", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    keys = load_file(out / "gen_00" / "model" / "pytorch_lora_weights.safetensors")
+    te = {k: v for k, v in keys.items() if k.startswith("text_encoder.")}
+    assert te and any(float(v.abs().sum()) > 0 for k, v in te.items() if "up" in k or "lora_B" in k)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    record = json.loads((out / "gen_00" / "samples" / "metadata.jsonl").read_text().splitlines()[0])
+    ours = np.asarray(Image.open(out / "gen_00" / "samples" / record["file_name"]).convert("RGB")) / 255.0
+    theirs = _pipeline_image(_pipeline(tiny_sd_pipeline, out / "gen_00" / "model"), record, cfg)
+    assert np.abs(ours - theirs).max() <= 2 / 255

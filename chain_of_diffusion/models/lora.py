@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from diffusers.utils import (
+    convert_state_dict_to_diffusers,
+    convert_state_dict_to_peft,
+    convert_unet_state_dict_to_peft,
+)
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -22,27 +26,29 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight n
 ADAPTER = "default"
 
 
-def lora_config(cfg: TrainConfig) -> LoraConfig:
+def lora_config(cfg: TrainConfig, text_encoder: bool = False) -> LoraConfig:
+    targets = cfg.lora_text_encoder_modules if text_encoder else cfg.lora_target_modules
     return LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha or cfg.lora_rank,
         lora_dropout=cfg.lora_dropout,
         init_lora_weights="gaussian",
-        target_modules=list(cfg.lora_target_modules),
+        target_modules=list(targets),
     )
 
 
-def add_lora(unet: UNet2DConditionModel, cfg: TrainConfig, seed: int) -> list[torch.nn.Parameter]:
-    """Freeze ``unet`` and attach a fresh adapter (A drawn from ``seed``, B zero); returns its
-    parameters, cast to fp32 whatever the base's dtype, since fp16 trainables break grad scaling."""
-    unet.requires_grad_(False)
+def add_lora(net: torch.nn.Module, cfg: TrainConfig, seed: int, *, text_encoder: bool = False) -> list[torch.nn.Parameter]:
+    """Freeze ``net`` (the UNet, or the CLIP text encoder with ``text_encoder=True``) and attach a
+    fresh adapter (A drawn from ``seed``, B zero); returns its parameters, cast to fp32 whatever the
+    base's dtype, since fp16 trainables break grad scaling."""
+    net.requires_grad_(False)
     torch.manual_seed(seed)  # peft initialises A from the global generator
-    unet.add_adapter(lora_config(cfg), adapter_name=ADAPTER)
-    params = [p for p in unet.parameters() if p.requires_grad]
+    net.add_adapter(lora_config(cfg, text_encoder), adapter_name=ADAPTER)
+    params = [p for p in net.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(
-            f"train.lora_target_modules={list(cfg.lora_target_modules)} matched no module of the UNet"
-        )
+        key = "lora_text_encoder_modules" if text_encoder else "lora_target_modules"
+        targets = cfg.lora_text_encoder_modules if text_encoder else cfg.lora_target_modules
+        raise ValueError(f"train.{key}={list(targets)} matched no module of the {type(net).__name__}")
     for p in params:
         p.data = p.data.float()
     return params
@@ -53,33 +59,62 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
 
 
-def save_lora(unet: UNet2DConditionModel, folder: str | Path, cfg: TrainConfig) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` with the adapter config as metadata."""
-    weights = {k: v.detach().float().cpu().contiguous() for k, v in lora_state_dict(unet).items()}
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def save_lora(unet: UNet2DConditionModel, folder: str | Path, cfg: TrainConfig, text_encoder=None) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` (UNet and, if given, text-encoder
+    adapters) with the adapter configs as metadata."""
+    extra = {}
+    if text_encoder is not None:
+        te_state = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER))
+        extra = {"text_encoder_lora_layers": _cpu(te_state),
+                 "text_encoder_lora_adapter_metadata": lora_config(cfg, text_encoder=True).to_dict()}
     StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=weights, safe_serialization=True,
-        unet_lora_adapter_metadata=lora_config(cfg).to_dict(),
+        str(folder), unet_lora_layers=_cpu(lora_state_dict(unet)), safe_serialization=True,
+        unet_lora_adapter_metadata=lora_config(cfg).to_dict(), **extra,
     )
     return Path(folder) / LORA_WEIGHTS
 
 
+def _read(folder: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
+    return {k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
 def read_lora(folder: str | Path) -> dict[str, torch.Tensor]:
     """The UNet part of a diffusers-format LoRA folder, in peft key names."""
-    state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
-    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    unet_state = _read(folder, "unet")
     if not unet_state:
         raise ValueError(f"{folder}: the LoRA file holds no UNet weights")
     return convert_unet_state_dict_to_peft(unet_state)
 
 
-def load_lora_into(unet: UNet2DConditionModel, folder: str | Path) -> None:
-    """Copy a saved adapter's weights into ``unet``'s attached adapter (same rank and targets)."""
-    result = set_peft_model_state_dict(unet, read_lora(folder), adapter_name=ADAPTER)
+def _set(net: torch.nn.Module, state: dict[str, torch.Tensor], folder) -> None:
+    result = set_peft_model_state_dict(net, state, adapter_name=ADAPTER)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"{folder}: LoRA weights do not fit the adapter ({unexpected[0]} and others)")
 
 
-def attach_saved_lora(unet: UNet2DConditionModel, folder: str | Path) -> None:
-    """Load a saved LoRA for inference the way diffusers pipelines do (``load_lora_adapter``)."""
+def load_lora_into(unet: UNet2DConditionModel, folder: str | Path, text_encoder=None) -> None:
+    """Copy a saved adapter's weights into the attached adapters (same rank and targets)."""
+    _set(unet, read_lora(folder), folder)
+    if text_encoder is not None:
+        te_state = convert_state_dict_to_peft(_read(folder, "text_encoder"))
+        if not te_state:
+            raise ValueError(f"{folder}: the LoRA file holds no text-encoder weights")
+        _set(text_encoder, te_state, folder)
+
+
+def attach_saved_lora(unet: UNet2DConditionModel, folder: str | Path, text_encoder=None) -> None:
+    """Load a saved LoRA for inference the way diffusers pipelines do (``load_lora_adapter``, and
+    ``load_lora_into_text_encoder`` where the file holds a text-encoder adapter)."""
     unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=ADAPTER, weight_name=LORA_WEIGHTS)
+    if text_encoder is not None:
+        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(str(folder), return_lora_metadata=True)
+        if any(k.startswith("text_encoder.") for k in state):
+            StableDiffusionPipeline.load_lora_into_text_encoder(
+                state, alphas, text_encoder, prefix="text_encoder", adapter_name=ADAPTER, metadata=metadata,
+            )
