@@ -76,3 +76,26 @@ def test_saved_lora_loads_for_inference_with_its_alpha(tiny_sd_pipeline, tmp_pat
         plain = base.unet(x, t, encoder_hidden_states=emb).sample
     assert torch.allclose(ours, loaded, atol=1e-5)
     assert (ours - plain).abs().max() > 1e-3  # the adapter (alpha/rank = 2) is really applied
+
+
+def test_prediction_type_comes_from_the_pipeline_scheduler(tmp_path):
+    from chain_of_diffusion.config import ModelConfig
+    from chain_of_diffusion.models.build import build_model
+    from chain_of_diffusion.models.pretrained import objective_of, save_pipeline
+
+    for objective, expected in (("eps", "eps"), ("v", "v")):
+        folder = save_pipeline(build_model(ModelConfig(arch="tiny_sd", objective=objective), 32, seed=0),
+                               tmp_path / objective)
+        model = load_pretrained(str(folder))
+        assert objective_of(model) == expected
+        assert model.vae is not None and model.unet.config.in_channels == 4
+
+
+def test_a_file_or_a_bad_name_is_not_a_pipeline(tmp_path):
+    from chain_of_diffusion.models.build import ModelLoadError
+
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_pretrained(str(tmp_path / "file.bin"))
+    with pytest.raises(ModelLoadError, match="neither an existing folder nor a Hub id"):
+        load_pretrained(str(tmp_path / "missing" / "deep" / "path"))
