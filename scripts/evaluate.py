@@ -7,7 +7,9 @@
 
 Run mode recomputes the named metrics of every generation whose evaluate stage is finished,
 merges them into ``gen_XX/evaluate/metrics.json`` and rebuilds ``gen_XX/metrics.json``,
-``metrics.jsonl`` and ``report.html``; nothing is retrained or resampled. Folder mode compares
+``metrics.jsonl`` and ``report.html``; nothing is retrained or resampled. Inception/CLIP features of
+the samples and of the held-out split that the chain cached (``gen_XX/evaluation/features_*.safetensors``,
+``reference/features_*.safetensors``) are reused; missing ones are extracted once and cached. Folder mode compares
 ``--fake`` against ``--real`` (memorization/generalization against ``--train``, default ``--real``);
 with ``--json`` the last line printed is one JSON object of metric name to value.
 

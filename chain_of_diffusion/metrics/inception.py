@@ -96,21 +96,27 @@ def inception_features(
         images: a (N, C, H, W) tensor, or a list of (C, H, W) tensors of possibly different sizes;
             uint8 in [0, 255] or float in [-1, 1]. Images of mixed sizes are batched by size; each
             is resized to 299 x 299 inside the network, as torch-fidelity does.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass, always exactly this many (the last batch is padded,
+            :func:`~chain_of_diffusion.batching.fixed_batches`), so an image's features depend on
+            that image alone: not on its batch mates, the set's size or the process count.
 
     Returns:
         (N, 2048) float32 on the CPU, in input order.
     """
+    from chain_of_diffusion.batching import fixed_batches
+
     items = list(images) if not isinstance(images, Tensor) else list(images.unbind(0))
     device = next(model.parameters()).device
     out = torch.empty(len(items), FEATURE_DIM, dtype=torch.float32)
     by_size: dict[tuple, list[int]] = {}
     for i, im in enumerate(items):
         by_size.setdefault(tuple(im.shape), []).append(i)
+
+    def forward(batch: Tensor) -> Tensor:
+        (features,) = model(batch.to(device))
+        return features.float().cpu()
+
     for positions in by_size.values():
-        for start in range(0, len(positions), batch_size):
-            idx = positions[start : start + batch_size]
-            batch = to_uint8(torch.stack([items[i] for i in idx])).to(device)
-            (features,) = model(batch)
-            out[idx] = features.float().cpu()
+        batch = to_uint8(torch.stack([items[i] for i in positions]))
+        out[positions] = fixed_batches(forward, batch_size, batch)
     return out

@@ -57,6 +57,23 @@ def feature_spaces_needed(names: Sequence[str], features: str, prdc_features: st
     return spaces
 
 
+PRETRAINED_SPACES = ("inception", "clip")  # the spaces worth sharding and caching (network per image)
+
+
+def sample_spaces(names: Sequence[str], mcfg) -> list[str]:
+    """The pretrained feature spaces (inception, clip) that ``names`` need of the generated samples,
+    in a fixed order: what the evaluate stage extracts sharded over processes and caches."""
+    names = set(names)
+    need = set()
+    if names & {"fid_inception", "kid_inception"}:
+        need.add("inception")
+    if names & {"fd_clip", "clip_score"}:
+        need.add("clip")
+    if names & set(PRDC_NAMES):
+        need.add(mcfg.prdc_features or mcfg.features)
+    return [s for s in PRETRAINED_SPACES if s in need]
+
+
 def _as_list(images: Images) -> list[Tensor]:
     return list(images.unbind(0)) if isinstance(images, Tensor) else list(images)
 
@@ -151,6 +168,7 @@ def compute_metrics(
     *,
     captions: Sequence[str] | None = None,
     train: Images | None = None,
+    sample_features: dict[str, Tensor] | None = None,
 ) -> dict:
     """Values of ``names`` for one generated image set.
 
@@ -162,15 +180,20 @@ def compute_metrics(
         reference_features: space -> (M, D) held-out real features in that space.
         captions: N captions of the samples (clip_score).
         train: the images the generation trained on (memorization, generalization, entropy).
+        sample_features: space -> (N, D) features of ``samples`` already extracted (sharded, or
+            read from a cache); the other spaces are extracted here.
 
     Returns:
         {metric key: float}; keys as documented in :mod:`chain_of_diffusion.metrics`.
     """
     names = check_names(names)
     n = len(_as_list(samples)) if not isinstance(samples, Tensor) else samples.shape[0]
-    cache: dict[str, Tensor] = {}
+    cache: dict[str, Tensor] = dict(sample_features or {})
+    for space, feats in cache.items():
+        if feats.shape[0] != n:
+            raise ValueError(f"{space} features of {feats.shape[0]} images given for {n} samples")
 
-    def sample_features(space: str) -> Tensor:
+    def features_of(space: str) -> Tensor:
         if space not in cache:
             cache[space] = spaces(space, samples)
         return cache[space]
@@ -179,28 +202,28 @@ def compute_metrics(
     features = mcfg.features
     if "fd_classifier" in names:
         _at_least(n, 2, "a Fréchet distance")
-        out[f"fd_{features}"] = frechet_distance(sample_features(features), reference_features(features))
+        out[f"fd_{features}"] = frechet_distance(features_of(features), reference_features(features))
     if "fid_inception" in names:
         _at_least(n, 2, "fid_inception")
-        out["fid_inception"] = fid_torch_fidelity(sample_features("inception"), reference_features("inception"))
+        out["fid_inception"] = fid_torch_fidelity(features_of("inception"), reference_features("inception"))
     if "kid_inception" in names:
         _at_least(n, 2, "kid_inception")
-        mean, std = kernel_distance(sample_features("inception"), reference_features("inception"),
+        mean, std = kernel_distance(features_of("inception"), reference_features("inception"),
                                     subsets=mcfg.kid_subsets, subset_size=mcfg.kid_subset_size)
         out["kid_inception"], out["kid_inception_std"] = mean, std
     if "fd_clip" in names:
         _at_least(n, 2, "fd_clip")
-        out["fd_clip"] = frechet_distance(sample_features("clip"), reference_features("clip"))
+        out["fd_clip"] = frechet_distance(features_of("clip"), reference_features("clip"))
     if "clip_score" in names:
         if not captions or len(captions) != n or not all(isinstance(c, str) and c for c in captions):
             raise MetricInputError("clip_score needs one caption per image (a 'text' column in metadata.jsonl)")
         from .clip import clip_score, clip_text_features
 
-        out["clip_score"] = clip_score(sample_features("clip"), clip_text_features(spaces.clip, list(captions)))
+        out["clip_score"] = clip_score(features_of("clip"), clip_text_features(spaces.clip, list(captions)))
     if set(PRDC_NAMES) & set(names):
         space = mcfg.prdc_features or features
         _at_least(n, mcfg.prdc_k + 1, f"precision/recall with k={mcfg.prdc_k}")
-        values = prdc(reference_features(space), sample_features(space), k=mcfg.prdc_k)
+        values = prdc(reference_features(space), features_of(space), k=mcfg.prdc_k)
         out.update({k: v for k, v in values.items() if k in names})
     if set(DRIFT_METRICS) & set(names):
         _at_least(n, 1, "drift statistics")

@@ -2,7 +2,9 @@
 trackers (``metrics.tracker``: none | tensorboard | wandb), on the main process.
 
 TensorBoard event files go to ``<output_dir>/tensorboard/``; the step is the generation, so the
-curves in TensorBoard are the report's curves. A tracker whose package is missing is a one-line
+curves in TensorBoard are the report's curves. The orchestrator calls :func:`log_pending` after a
+generation's evaluate stage has committed (and on every resume): a generation is logged once, even
+when its evaluate stage was killed and re-run, or the chain was killed before the tracker was told. A tracker whose package is missing is a one-line
 :class:`~chain_of_diffusion.config.ConfigError`.
 """
 
@@ -52,3 +54,32 @@ def log_generation(kind: str, output_dir: str | Path, metrics: dict, grid: str |
         image = np.asarray(Image.open(grid).convert("RGB"))  # (H, W, 3) uint8
         tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
     tracker.finish()
+
+
+def logged_path(output_dir: str | Path, kind: str) -> Path:
+    """The run's record of which generations ``kind`` has been given."""
+    return Path(output_dir) / f".tracker_{kind}.json"
+
+
+def log_pending(kind: str, output_dir: str | Path, rows: list[dict], grids: dict[int, Path] | None = None) -> list[int]:
+    """Log each finished generation's metrics ``rows`` not yet logged to ``kind``; returns the
+    generations logged now. Idempotent: the generations already given are recorded next to the run
+    (written after each one is logged, so only a kill in between can repeat one)."""
+    if kind == "none":
+        return []
+    import json
+
+    path = logged_path(output_dir, kind)
+    done = set(json.loads(path.read_text())) if path.exists() else set()
+    now = []
+    for row in sorted(rows, key=lambda r: r["generation"]):
+        g = int(row["generation"])
+        if g in done:
+            continue
+        log_generation(kind, output_dir, row, (grids or {}).get(g))
+        done.add(g)
+        now.append(g)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(sorted(done)) + "\n")
+        tmp.replace(path)
+    return now

@@ -83,3 +83,15 @@ def test_clip_score_and_fd_clip_through_the_suite(tiny_clip_file):
     assert abs(itself["fd_clip"]) < 1e-4
     with pytest.raises(MetricInputError, match="caption"):
         compute_metrics(["clip_score"], mcfg, spaces, samples, lambda s: None, captions=["only one"])
+
+
+def test_an_embedding_does_not_depend_on_its_batch_mates(tiny_clip_file):
+    """Fixed-size batches (the last one padded): the same bits alone, in a set, or split over processes."""
+    clip = load_clip(TINY, str(tiny_clip_file))
+    images = torch.rand(7, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    whole = clip_image_features(clip, images, batch_size=4)
+    assert torch.equal(whole[5:], clip_image_features(clip, images[5:], batch_size=4))
+    assert torch.equal(whole[2:3], clip_image_features(clip, images[2:3], batch_size=4))
+    captions = [f"caption {i}" for i in range(5)]
+    text = clip_text_features(clip, captions, batch_size=4)
+    assert torch.equal(text[4:], clip_text_features(clip, captions[4:], batch_size=4))

@@ -1,8 +1,16 @@
 """The evaluate stage computes the suite's metrics inside a chain run (end to end)."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
-from conftest import SMOKE, TINY_OVERRIDES, run_cli
+import pytest
+import torch
+from conftest import ROOT, SMOKE, TINY_OVERRIDES, run_cli
+from safetensors import safe_open
+from test_inception import inception_weights  # noqa: F401  (the session fixture, built once)
 
 
 def test_chain_writes_drift_and_precision_recall(tmp_path):
@@ -24,3 +32,117 @@ def test_unknown_metric_name_is_a_config_error(tmp_path):
     proc = run_cli("--config", str(SMOKE), f"output_dir={tmp_path / 'run'}", "metrics.names=[fid]", "--dry-run")
     assert proc.returncode == 2
     assert "unknown metric 'fid'" in proc.stderr and "fid_inception" in proc.stderr
+
+
+# ---- Inception metrics inside a chain: one small run shared by the tests below --------------------
+# 16 samples per generation and 8-row Inception batches: Inception at 299x299 costs ~0.3 s per image
+# on one CPU thread, so these runs extract ~80 images in all
+INCEPTION_OVERRIDES = [*TINY_OVERRIDES, "data.num_train=16", "data.num_heldout=16", "metrics.batch_size=8",
+                       "metrics.names=[fd_classifier,fid_inception,kid_inception]", "metrics.tracker=tensorboard"]
+
+
+@pytest.fixture(scope="session")
+def inception_run(tmp_path_factory, inception_weights):  # noqa: F811
+    """A finished 2-generation chain with fid_inception/kid_inception and a TensorBoard tracker (1 thread,
+    so a 2-process run can be compared with it bit for bit)."""
+    out = tmp_path_factory.mktemp("inception_run") / "run"
+    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *INCEPTION_OVERRIDES,
+                   f"metrics.inception_weights={inception_weights}", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _features(path):
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("features"), f.metadata()
+
+
+def test_stage_writes_inception_metrics_references_and_feature_caches(inception_run):
+    rows = [json.loads(line) for line in (inception_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1]
+    for row in rows:
+        for key in ("fid_inception", "kid_inception", "kid_inception_std"):
+            assert isinstance(row[key], float), key
+        # the real training set against the held-out split, computed once by the reference stage
+        assert row["fid_inception_reference"] > 0 and isinstance(row["kid_inception_reference"], float)
+        assert row["fid_inception"] > row["fid_inception_reference"]
+    held, _ = _features(inception_run / "reference" / "features_inception.safetensors")
+    assert held.shape == (16, 2048)
+    for g in (0, 1):
+        feats, meta = _features(inception_run / f"gen_{g:02d}" / "evaluation" / "features_inception.safetensors")
+        assert feats.shape == (16, 2048) and meta["space"] == "inception" and len(meta["image_set"]) == 16
+
+
+def test_run_mode_reuses_the_cached_inception_features(inception_run, tmp_path):
+    """scripts/evaluate.py recomputes fid/kid from the stage's cached features: the same numbers, and it
+    never needs the weights (pointed at a missing file, it would fail if it loaded Inception)."""
+    run = tmp_path / "run"
+    shutil.copytree(inception_run, run)
+    before = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(run), "--metrics",
+                           "fid_inception", "kid_inception", "--set", f"metrics.inception_weights={tmp_path / 'none.pth'}"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    after = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(before, after):
+        assert (a["fid_inception"], a["kid_inception"]) == (b["fid_inception"], b["kid_inception"])
+    # a generation without the cache (what run mode calls, in this process to spare a start-up): its
+    # samples are extracted once more, with the same result, and the cache is written for next time
+    from chain_of_diffusion.config import load_config
+    from chain_of_diffusion.metrics.evaluation import evaluate_generation
+    from chain_of_diffusion.runs import RunDir
+
+    cache = run / "gen_01" / "evaluation" / "features_inception.safetensors"
+    cached, _ = _features(cache)
+    cache.unlink()
+    cfg = load_config([run / "config.yaml"], [])
+    again = evaluate_generation(cfg, RunDir(run), 1, ["fid_inception"])
+    assert again["fid_inception"] == pytest.approx(before[1]["fid_inception"], rel=1e-5)
+    assert torch.allclose(_features(cache)[0], cached, atol=1e-4)
+
+
+def test_two_processes_give_the_same_inception_features_and_metrics(inception_run, tmp_path, inception_weights):  # noqa: F811
+    """Sharded extraction (each process its block, fixed 8-row batches, gathered) = one process, bit for bit.
+    One generation is enough (the fingerprint leaves out `generations`)."""
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "scripts" / "chain.py"), "--config", str(SMOKE), f"output_dir={out}", *INCEPTION_OVERRIDES,
+           f"metrics.inception_weights={inception_weights}", "generations=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "env.json").read_text())["num_processes"] == 2
+    one, _ = _features(inception_run / "gen_00" / "evaluation" / "features_inception.safetensors")
+    two, _ = _features(out / "gen_00" / "evaluation" / "features_inception.safetensors")
+    assert torch.equal(one, two)
+    first = (inception_run / "metrics.jsonl").read_text().splitlines()[0]
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == first
+
+
+def test_tensorboard_gets_each_generation_once_even_when_evaluate_reruns(inception_run, tmp_path,
+                                                                         inception_weights):  # noqa: F811
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(run):
+        ea = EventAccumulator(str(run / "tensorboard" / "chain"))
+        ea.Reload()
+        assert "samples" in ea.Tags()["images"]
+        return {tag: [e.step for e in ea.Scalars(tag)] for tag in ("fid_inception", "kid_inception", "fd_classifier")}
+
+    run = tmp_path / "run"
+    shutil.copytree(inception_run, run)
+    assert steps(run) == {tag: [0, 1] for tag in ("fid_inception", "kid_inception", "fd_classifier")}
+    # a kill inside gen 1's evaluate stage: the folder never committed, the stage runs again on resume
+    shutil.rmtree(run / "gen_01" / "evaluation")
+    state = json.loads((run / "state.json").read_text())
+    state["done"]["1"].remove("evaluate")
+    state.pop("finished", None)
+    (run / "state.json").write_text(json.dumps(state))
+    proc = run_cli("--config", str(SMOKE), f"output_dir={run}", *INCEPTION_OVERRIDES,
+                   f"metrics.inception_weights={inception_weights}",
+                   env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[gen 1/1] evaluate" in proc.stdout
+    assert steps(run) == {tag: [0, 1] for tag in ("fid_inception", "kid_inception", "fd_classifier")}

@@ -18,9 +18,13 @@ PROBE = """
 window.addEventListener("load", () => {
   const imgs = [...document.images].map(i => ({src: i.getAttribute("src"), cls: i.className,
                                                ok: i.complete && i.naturalWidth > 0}));
+  const tables = [...document.querySelectorAll("table")].map(t => ({
+    head: [...t.querySelectorAll("thead th")].map(th => th.textContent),
+    rows: [...t.querySelectorAll("tbody tr")].map(tr => [...tr.cells].map(td => td.textContent)),
+    shown: t.getBoundingClientRect().height > 0}));
   const out = document.createElement("pre");
   out.id = "probe";
-  out.textContent = JSON.stringify(imgs);
+  out.textContent = JSON.stringify({imgs, tables});
   document.body.appendChild(out);
 });
 </script>
@@ -41,12 +45,22 @@ def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
     proc = _chromium("--dump-dom", probe.as_uri())
     match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert match, proc.stderr[-2000:]
-    images = json.loads(html.unescape(match.group(1)))
+    probed = json.loads(html.unescape(match.group(1)))
+    images = probed["imgs"]
     curves = [i for i in images if i["cls"] == "curve"]
     grids = [i for i in images if i["cls"] == "grid"]
     assert len(curves) >= 2 and len(grids) >= 3  # the real row and 2 generations
     broken = [i["src"] for i in images if not i["ok"]]
     assert not broken, f"images that did not load: {broken}"
+    # the metrics table as the browser laid it out: one row per generation, values as in metrics.jsonl
+    (table,) = probed["tables"]
+    assert table["shown"] and table["head"][0] == "generation"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r[0] for r in table["rows"]] == [str(r["generation"]) for r in rows] == ["0", "1"]
+    for key in ("fd_classifier", "memorization", "entropy"):
+        assert key in table["head"], key
+        cells = [r[table["head"].index(key)] for r in table["rows"]]
+        assert all(float(c) == pytest.approx(r[key], rel=1e-3) for c, r in zip(cells, rows)), (key, cells)
 
     shot = tmp_path / "report.png"
     proc = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", (run / "report.html").as_uri())

@@ -26,3 +26,21 @@ def test_none_and_missing_package(tmp_path, monkeypatch):
     monkeypatch.setitem(tracking.PACKAGES, "tensorboard", "no_such_package_xyz")
     with pytest.raises(ConfigError, match="metrics.tracker.*pip install"):
         open_tracker("tensorboard", tmp_path)
+
+
+def test_log_pending_logs_each_generation_once(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from chain_of_diffusion.metrics.tracking import log_pending, logged_path
+
+    rows = [{"generation": 0, "fd_classifier": 3.0}]
+    assert log_pending("tensorboard", tmp_path, rows) == [0]
+    rows.append({"generation": 1, "fd_classifier": 4.0})
+    assert log_pending("tensorboard", tmp_path, rows) == [1]  # a resume: only the new generation
+    assert log_pending("tensorboard", tmp_path, rows) == []  # nothing to do: nothing twice
+    assert log_pending("none", tmp_path, rows) == []
+    ea = EventAccumulator(str(tmp_path / "tensorboard" / "chain"))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("fd_classifier")] == [(0, 3.0), (1, 4.0)]
+    assert logged_path(tmp_path, "tensorboard").read_text().strip() == "[0, 1]"
