@@ -51,7 +51,7 @@ def test_scale_one_skips_the_unconditional_half_with_the_same_result(model):
 def test_images_do_not_depend_on_batch_size(model, scheduler):
     requests = [{"text": f"a handwritten digit {w}", "seed": 100 + i} for i, w in enumerate(["one", "two"] * 5)]
     big = render(model, requests, SampleConfig(steps=4, batch_size=10, scheduler=scheduler))
-    small = render(model, requests, SampleConfig(steps=4, batch_size=3, scheduler=scheduler))
+    small = render(model, requests, SampleConfig(steps=4, batch_size=5, scheduler=scheduler))
     alone = render(model, requests[7:8], SampleConfig(steps=4, batch_size=1, scheduler=scheduler))
     assert big.shape == (10, 3, 16, 16)
     assert torch.equal(big, small)
