@@ -52,6 +52,7 @@ class DataConfig:
     num_heldout: int = 500  # real images held out for evaluation, chosen by the seed
     max_images: Optional[int] = None  # cap on the images read from the source (null = all)
     on_error: str = "error"  # error | skip: what an undecodable or uncaptioned image does
+    min_size: Optional[int] = None  # images with a shorter side below this are errors (or skipped); null = upscale with a warning
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("data.num_train", d.num_train, 1, allow_none=True)
     _at_least("data.num_heldout", d.num_heldout, 2)
     _at_least("data.max_images", d.max_images, 1, allow_none=True)
+    _at_least("data.min_size", d.min_size, 1, allow_none=True)
     if d.source in ("imagefolder", "csv", "hf") and not d.path:
         raise ConfigError(f"config key 'data.path': required for data.source={d.source}")
     m = cfg.model

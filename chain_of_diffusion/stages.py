@@ -207,11 +207,12 @@ def _training_model(cfg: ChainConfig, run: RunDir, generation: int, device):
 
 
 def _training_data(cfg: ChainConfig, run: RunDir, train_dir: Path, records: list[dict], model,
-                   accelerator: Accelerator) -> TrainData:
+                   accelerator: Accelerator, cache_stats: dict) -> TrainData:
     """Encode the training set once: latents (both flips where asked) and caption embeddings.
 
     With a VAE and ``train.cache_latents`` the encodings go through the run's content-hash cache,
     filled by the main process while the others wait, so no process repeats the VAE's work.
+    ``cache_stats`` receives how many encodings were computed and how many were found cached.
     """
     captions = sorted({r["text"] for r in records})
     index = {c: i for i, c in enumerate(captions)}
@@ -232,9 +233,13 @@ def _training_data(cfg: ChainConfig, run: RunDir, train_dir: Path, records: list
         text_keys = [text_key(c) for c in captions + [""]]
         if accelerator.is_main_process:
             for flip in flips:
-                cache.fill(image_keys[flip], lambda pos, flip=flip: encode_pixels(pos, flip))
+                unique = len(set(image_keys[flip]))
+                encoded = cache.fill(image_keys[flip], lambda pos, flip=flip: encode_pixels(pos, flip))
+                cache_stats["images_encoded"] = cache_stats.get("images_encoded", 0) + encoded
+                cache_stats["images_reused"] = cache_stats.get("images_reused", 0) + unique - encoded
             if not cfg.train.lora_text_encoder:
-                cache.fill(text_keys, lambda pos: encode_captions(model, [(captions + [""])[i] for i in pos]))
+                encoded = cache.fill(text_keys, lambda pos: encode_captions(model, [(captions + [""])[i] for i in pos]))
+                cache_stats.update(captions_encoded=encoded, captions_reused=len(text_keys) - encoded)
         accelerator.wait_for_everyone()
         x0 = {flip: cache.load(image_keys[flip]) for flip in flips}
         if not cfg.train.lora_text_encoder:
@@ -264,7 +269,8 @@ def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accel
     train_dir = run.stage_path(generation, "mix")
     records = read_metadata(train_dir)
     model = _training_model(cfg, run, generation, accelerator.device)
-    data = _training_data(cfg, run, train_dir, records, model, accelerator)
+    cache_stats: dict = {}
+    data = _training_data(cfg, run, train_dir, records, model, accelerator, cache_stats)
     checkpoints = run.gen(generation) / ".train_checkpoints"
     result = train_denoiser(
         model.unet, model.noise_scheduler, data, cfg.train,
@@ -274,7 +280,7 @@ def stage_train(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accel
         text_encoder=model.text_encoder if cfg.train.lora_text_encoder else None,
     )
     summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
-               "resumed_from_step": result.resumed_from_step}
+               "resumed_from_step": result.resumed_from_step, "encoding_cache": cache_stats}
     if accelerator.is_main_process:
         if cfg.train.mode == "lora":
             save_lora(model.unet, out, cfg.train, model.text_encoder if cfg.train.lora_text_encoder else None)

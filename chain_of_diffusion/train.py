@@ -98,6 +98,37 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> t
     return out
 
 
+@dataclass
+class StepDraws:
+    """The randomness of one optimizer step over the global batch B.
+
+    indices (B,) examples; noise (B, C, H, W); timesteps (B,); dropped (B,) bool, trained on the
+    empty caption; flipped (B,) bool or None, mirrored images.
+    """
+
+    indices: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    dropped: torch.Tensor
+    flipped: Optional[torch.Tensor]
+
+
+def step_draws(step: int, seed: int, cfg: TrainConfig, num_examples: int, sample_shape: tuple[int, ...],
+               num_timesteps: int, *, flips: bool = False) -> StepDraws:
+    """Everything random about optimizer step ``step``, from ``(seed, step)`` alone: drawn whole on
+    every process, then sliced, so a sample's randomness does not depend on the process count."""
+    idx = batch_indices(step, cfg.batch_size, num_examples, seed)
+    g = generator(seed, "noise", step)
+    noise = torch.randn((cfg.batch_size, *sample_shape), generator=g)
+    timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=g)
+    dropped = torch.rand(cfg.batch_size, generator=g) < cfg.condition_drop
+    # drawn after the draws above, so that turning these options on leaves those unchanged
+    if cfg.noise_offset > 0:
+        noise += cfg.noise_offset * torch.randn((cfg.batch_size, sample_shape[0], 1, 1), generator=g)
+    flipped = (torch.rand(cfg.batch_size, generator=g) < 0.5) if flips else None
+    return StepDraws(idx, noise, timesteps, dropped, flipped)
+
+
 class _Progress:
     """The step counter and loss log, checkpointed with accelerate's save_state."""
 
@@ -255,15 +286,10 @@ def train_denoiser(
         step = progress.step
         # the whole global batch's randomness is drawn on every process, then sliced, so a
         # sample's noise is the same whatever the process count
-        idx = batch_indices(step, cfg.batch_size, num_examples, seed)
-        g = generator(seed, "noise", step)
-        noise = torch.randn((cfg.batch_size, *x0_all.shape[1:]), generator=g)
-        timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=g)
-        dropped = torch.rand(cfg.batch_size, generator=g) < cfg.condition_drop
-        # drawn after the draws above, so that turning these options on leaves those unchanged
-        if cfg.noise_offset > 0:
-            noise += cfg.noise_offset * torch.randn((cfg.batch_size, noise.shape[1], 1, 1), generator=g)
-        flipped = (torch.rand(cfg.batch_size, generator=g) < 0.5) if data.x0_flipped is not None else None
+        draws = step_draws(step, seed, cfg, num_examples, tuple(x0_all.shape[1:]), num_timesteps,
+                           flips=data.x0_flipped is not None)
+        idx, noise, timesteps, dropped, flipped = (draws.indices, draws.noise, draws.timesteps, draws.dropped,
+                                                   draws.flipped)
         step_loss = torch.zeros((), device=device)
         for m in range(accum):
             lo = (rank * accum + m) * micro

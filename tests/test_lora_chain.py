@@ -52,6 +52,12 @@ def test_lora_chain_writes_diffusers_adapters_and_validation_images(lora_run):
     assert not (lora_run / "reference" / "base_model").exists()  # the pretrained base is not copied
     assert json.loads((lora_run / "reference" / "base.json").read_text())["pretrained"]
     assert (lora_run / "cache").is_dir() and list((lora_run / "cache").glob("shard-*.safetensors"))
+    logs = [json.loads((lora_run / f"gen_{g:02d}" / "model" / "train_log.json").read_text()) for g in (0, 1)]
+    first, second = logs[0]["encoding_cache"], logs[1]["encoding_cache"]
+    assert first["images_encoded"] > 0 and first["captions_encoded"] > 0 and first["captions_reused"] == 0
+    # generation 1 trains on new (synthetic) images but the same captions: every caption is a cache hit
+    assert second["captions_encoded"] == 0 and second["captions_reused"] == first["captions_encoded"]
+    assert second["images_encoded"] > 0
 
 
 def test_diffusers_pipeline_with_our_lora_reproduces_our_image(lora_run, tiny_sd_pipeline):

@@ -174,3 +174,20 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error():
 
     with pytest.raises(TrainingError, match="pip install bitsandbytes"):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="adamw8bit"))
+
+
+def test_condition_drop_and_flip_rates_over_many_steps():
+    from chain_of_diffusion.train import step_draws
+
+    cfg = TrainConfig(batch_size=32, condition_drop=0.1, noise_offset=0.05)
+    draws = [step_draws(s, 7, cfg, 100, (4, 8, 8), 1000, flips=True) for s in range(300)]
+    dropped = torch.cat([d.dropped for d in draws]).float().mean().item()
+    flipped = torch.cat([d.flipped for d in draws]).float().mean().item()
+    # 9,600 draws: the standard error of the rate is 0.003 (drop) and 0.005 (flip)
+    assert abs(dropped - 0.1) < 0.015 and abs(flipped - 0.5) < 0.025
+    again = step_draws(5, 7, cfg, 100, (4, 8, 8), 1000, flips=True)
+    assert torch.equal(again.noise, draws[5].noise) and torch.equal(again.dropped, draws[5].dropped)
+    plain = step_draws(5, 7, TrainConfig(batch_size=32, condition_drop=0.1), 100, (4, 8, 8), 1000)
+    # the offset and flips are drawn last: the other draws stay as without them
+    assert torch.equal(plain.timesteps, again.timesteps) and torch.equal(plain.dropped, again.dropped)
+    assert plain.flipped is None and not torch.equal(plain.noise, again.noise)

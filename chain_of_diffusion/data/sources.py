@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class DataError(ValueError):
     """A real-data problem; the one-line message names the file or config key (the CLI exits 2)."""
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class RealExample:
     image: Image.Image  # RGB, data.resolution square
@@ -51,6 +55,7 @@ class SourceData:
     num_skipped: int = 0  # inputs skipped under data.on_error=skip
     skipped: list[str] = field(default_factory=list)  # "<origin>: <reason>" for each of them
     class_names: Optional[list[str]] = None
+    upscaled: list[str] = field(default_factory=list)  # origins of images smaller than data.resolution
 
 
 @dataclass
@@ -83,11 +88,23 @@ def _collect(
             bad(f"{cand.origin}: {cand.missing_caption}")
             continue
         try:
-            image = to_resolution(cand.decode(), cfg.resolution, cfg.center_crop)
+            decoded = cand.decode()
+            image = to_resolution(decoded, cfg.resolution, cfg.center_crop)
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
             bad(f"{cand.origin}: cannot decode image ({_one_line(err)})")
             continue
+        short_side = min(decoded.size)
+        if cfg.min_size is not None and short_side < cfg.min_size:
+            bad(f"{cand.origin}: {decoded.size[0]}x{decoded.size[1]} is smaller than data.min_size={cfg.min_size}")
+            continue
+        if short_side < cfg.resolution:
+            data.upscaled.append(cand.origin)
         data.examples.append(RealExample(image=image, text=text, label=cand.label, origin=cand.origin))
+    if data.upscaled:
+        log.warning(
+            "%d images are smaller than data.resolution=%d and were upscaled (first: %s); set data.min_size "
+            "to refuse or skip them", len(data.upscaled), cfg.resolution, data.upscaled[0],
+        )
     return data
 
 

@@ -445,3 +445,20 @@ def test_config_defaults_load():
     """The default DataConfig (digits) works through load_source unchanged."""
     data = load_source(dataclasses.replace(DataConfig(), max_images=5))
     check_examples(data, DataConfig().resolution)
+
+
+def test_small_images_are_upscaled_with_a_warning_or_refused_by_min_size(tmp_path, caplog):
+    save_image(tmp_path / "big.png", size=(40, 40))
+    (tmp_path / "big.txt").write_text("big")
+    save_image(tmp_path / "small.png", size=(8, 12))
+    (tmp_path / "small.txt").write_text("small")
+    with caplog.at_level("WARNING"):
+        data = load_source(cfg(source="imagefolder", path=str(tmp_path)))
+    check_examples(data)
+    assert data.upscaled == [str(tmp_path / "small.png")]
+    assert "1 images are smaller than data.resolution=16" in caplog.text
+    with pytest.raises(DataError) as err:
+        load_source(cfg(source="imagefolder", path=str(tmp_path), min_size=16))
+    assert "small.png: 8x12 is smaller than data.min_size=16" in str(err.value) and "\n" not in str(err.value)
+    kept = load_source(cfg(source="imagefolder", path=str(tmp_path), min_size=16, on_error="skip"))
+    assert [ex.text for ex in kept.examples] == ["big"] and kept.num_skipped == 1
