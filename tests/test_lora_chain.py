@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT, run_cli
+from PIL import Image
 
 LORA = ROOT / "configs" / "tiny_sd_lora.yaml"
 SMALL = ["data.num_train=24", "data.num_heldout=24", "train.steps=8", "train.checkpoint_every=4",
