@@ -29,18 +29,6 @@ def build(arch: str, resolution: int):
     return model
 
 
-def pipeline_of(model):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=model.noise_scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -49,6 +37,7 @@ def _sync(device):
 def main() -> None:
     from chain_of_diffusion.config import SampleConfig
     from chain_of_diffusion.generate import render
+    from chain_of_diffusion.models.pretrained import as_pipeline
     from chain_of_diffusion.samplers import make_scheduler
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +59,8 @@ def main() -> None:
     print(f"{'resolution':>10} {'pipeline img/s':>15} {'ours img/s':>11} {'ratio':>6}")
     for resolution in args.resolution:
         model = build(args.arch, resolution).to(device)
-        pipe = pipeline_of(model)
+        pipe = as_pipeline(model)
+        pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = make_scheduler("ddim", model.noise_scheduler.config)
 
         def reference(pipe=pipe):

@@ -35,6 +35,7 @@ from chain_of_diffusion.metrics.classifier import (
     train_classifier,
 )
 from chain_of_diffusion.metrics.report import make_grid_image
+from chain_of_diffusion.metrics.tracking import log_image
 from chain_of_diffusion.mix import build_training_set
 from chain_of_diffusion.models.build import (
     MAX_TOKENS,
@@ -322,22 +323,10 @@ def validation_hook(cfg: ChainConfig, run: RunDir, generation: int, model, accel
             grid = torch.stack([torch.from_numpy(image) for _, image in gathered])
             path = folder / f"step_{step:06d}.png"
             make_grid_image(grid, nrow=len(gathered), scale=_grid_scale(cfg)).save(path)
-            if cfg.metrics.tracker != "none":  # beside the metrics, as diffusers' scripts log validation
-                _log_validation(cfg, generation, step, path)
+            # beside the metrics, as diffusers' scripts log validation images
+            log_image(cfg.metrics.tracker, cfg.output_dir, f"gen_{generation:02d}_validation", "validation", path, step)
 
     return on_step
-
-
-def _log_validation(cfg: ChainConfig, generation: int, step: int, path: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from chain_of_diffusion.metrics.tracking import open_tracker
-
-    tracker = open_tracker(cfg.metrics.tracker, cfg.output_dir, run_name=f"gen_{generation:02d}_validation")
-    tracker.log_images({"validation": np.asarray(Image.open(path).convert("RGB"))[None]}, step=step,
-                       dataformats="NHWC")
-    tracker.finish()
 
 
 def sample_captions(cfg: ChainConfig, run: RunDir) -> list[str]:

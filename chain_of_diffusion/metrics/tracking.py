@@ -51,8 +51,21 @@ def log_generation(kind: str, output_dir: str | Path, metrics: dict, grid: str |
               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "generation"}
     tracker.log(values, step=step)
     if grid is not None and Path(grid).exists():
-        image = np.asarray(Image.open(grid).convert("RGB"))  # (H, W, 3) uint8
-        tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
+        _log_png(tracker, "samples", grid, step)
+    tracker.finish()
+
+
+def _log_png(tracker, name: str, path: str | Path, step: int) -> None:
+    image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
+    tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
+
+
+def log_image(kind: str, output_dir: str | Path, run_name: str, name: str, path: str | Path, step: int) -> None:
+    """Log one PNG (validation images during training) under its own run ``run_name``."""
+    tracker = open_tracker(kind, output_dir, run_name=run_name)
+    if tracker is None:
+        return
+    _log_png(tracker, name, path, step)
     tracker.finish()
 
 

@@ -89,18 +89,22 @@ def load_pretrained(name: str) -> T2IModel:
     return model
 
 
-def save_pipeline(model: T2IModel, folder: str | Path) -> Path:
-    """Write ``model`` as a ``StableDiffusionPipeline`` folder that diffusers loads as is."""
+def as_pipeline(model: T2IModel):
+    """``model``'s networks (shared, not copied) as a ``StableDiffusionPipeline``."""
     from diffusers import StableDiffusionPipeline
 
     if model.vae is None:
-        raise ModelLoadError("save_pipeline: a pixel-space model has no VAE; use a latent layout (tiny_sd, sd15)")
-    pipe = StableDiffusionPipeline(
+        raise ModelLoadError("a pixel-space model has no VAE; use a latent layout (tiny_sd, sd15)")
+    return StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
         scheduler=model.noise_scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def save_pipeline(model: T2IModel, folder: str | Path) -> Path:
+    """Write ``model`` as a ``StableDiffusionPipeline`` folder that diffusers loads as is."""
+    as_pipeline(model).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 
