@@ -33,7 +33,7 @@ GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
 MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
-SELECT_FEATURES = ("pixels", "classifier", "unet", "inception", "clip")
+SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
 ON_ERROR = ("error", "skip")
 
 
@@ -123,7 +123,9 @@ class SelectConfig:
     method: str = "none"
     oversample: float = 1.0  # generate oversample x N candidates, keep N
     # the space distances are measured in: pixels | classifier | unet (generation 0's UNet encoder) |
-    # inception | clip (where their weights exist: metrics.inception_weights, metrics.clip_*)
+    # inception | clip | dinov2 (where their weights exist: metrics.inception_weights, metrics.clip_*,
+    # metrics.dinov2_model) |
+    # auto: classifier where the run trains one (metrics.features=classifier, labelled data), else unet
     features: str = "pixels"
     tau0: Optional[float] = None  # threshold_decay: start threshold (null = median NN distance)
     alpha: float = 0.9  # threshold_decay: tau <- alpha * tau
@@ -133,6 +135,9 @@ class SelectConfig:
     # encoder sees them; small, so the image survives the noise (100 of the default 1000 steps)
     latent_t: int = 100
     latent_k: int = 5  # latent without class labels: score = -distance to the k-th nearest real embedding
+    # latent with labels: probes fit on all real images but one fold each, so a real candidate is
+    # scored by a probe that never saw it (1 = one probe on everything: in-sample, favours real images)
+    latent_folds: int = 2
 
 
 @dataclass(frozen=True)
@@ -147,10 +152,13 @@ class MetricsConfig:
     kid_subset_size: int = 1000  # rows per KID subset (lowered to the smaller set's size)
     kid_subsets: int = 100
     prdc_k: int = 5  # neighbours of precision/recall/density/coverage
-    prdc_features: Optional[str] = None  # pixels | classifier | inception | clip; null = metrics.features
+    prdc_features: Optional[str] = None  # pixels | classifier | inception | clip | dinov2; null = metrics.features
     clip_model: str = "ViT-B-32"  # open-clip model name (clip_score, fd_clip)
     clip_pretrained: Optional[str] = "openai"  # open-clip tag (from the HF cache) or a local checkpoint file
-    batch_size: int = 64  # images per forward pass of the Inception / CLIP feature extractors
+    # transformers Dinov2Model (fd_dinov2, prdc_features=dinov2): a Hub id in the HF cache or a local
+    # save_pretrained folder; the default is dgm-eval's ViT-L/14 (`hf download facebook/dinov2-large`)
+    dinov2_model: str = "facebook/dinov2-large"
+    batch_size: int = 64  # images per forward pass of the Inception / CLIP / DINOv2 feature extractors
     tracker: str = "none"  # none | tensorboard | wandb: also log metrics and grids through accelerate
 
 
@@ -190,6 +198,15 @@ def _at_least(key: str, value: Any, low: float, *, allow_none: bool = False) -> 
 def _in_unit_interval(key: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"config key '{key}': must be in [0, 1], got {value}")
+
+
+def selection_space(cfg: ChainConfig) -> str:
+    """The feature space selection measures distances in: ``select.features`` with ``auto`` resolved
+    (the real-data classifier where the run trains one, else generation 0's UNet encoder, which
+    every backend has: the presets use it so they compose with labelled and unlabelled data)."""
+    if cfg.select.features != "auto":
+        return cfg.select.features
+    return "classifier" if cfg.metrics.features == "classifier" else "unet"
 
 
 def validate(cfg: ChainConfig) -> None:
@@ -281,7 +298,8 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("select.oversample", sel.oversample, 1.0)
     _choice("select.features", sel.features, SELECT_FEATURES)
     _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
-    if sel.features == "inception" and sel.method in ("greedy_entropy", "threshold_decay"):
+    space = selection_space(cfg)
+    if space == "inception" and sel.method in ("greedy_entropy", "threshold_decay"):
         from chain_of_diffusion.metrics.inception import find_inception_weights  # late: imports torch
 
         try:
@@ -291,15 +309,20 @@ def validate(cfg: ChainConfig) -> None:
                 f"config key 'select.features': 'inception' has no weights here ({err}); "
                 f"spaces that need none: pixels, classifier, unet"
             ) from None
+    if space == "dinov2" and sel.method in ("greedy_entropy", "threshold_decay"):
+        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model  # late: imports torch
+
+        find_dinov2_model(cfg.metrics.dinov2_model)  # one line naming metrics.dinov2_model without it
     _at_least("select.latent_k", sel.latent_k, 1)
-    uses_unet = sel.method == "latent" or (sel.features == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
+    _at_least("select.latent_folds", sel.latent_folds, 1)
+    uses_unet = sel.method == "latent" or (space == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
     if uses_unet and not 0 <= sel.latent_t < m.num_train_timesteps:
         raise ConfigError(
             f"config key 'select.latent_t': must be in [0, model.num_train_timesteps={m.num_train_timesteps}), "
             f"got {sel.latent_t}"
         )
     _choice("select.decay_when", sel.decay_when, ("empty_pass", "every_pass"))
-    if sel.features == "classifier" and cfg.metrics.features != "classifier":
+    if space == "classifier" and cfg.metrics.features != "classifier":
         raise ConfigError(
             "config key 'select.features': 'classifier' needs metrics.features=classifier (it trains the classifier)"
         )
@@ -322,10 +345,18 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("metrics.prdc_k", cfg.metrics.prdc_k, 1)
     _at_least("metrics.batch_size", cfg.metrics.batch_size, 1)
     if cfg.metrics.prdc_features is not None:
-        _choice("metrics.prdc_features", cfg.metrics.prdc_features, ("pixels", "classifier", "inception", "clip"))
+        _choice("metrics.prdc_features", cfg.metrics.prdc_features,
+                ("pixels", "classifier", "inception", "clip", "dinov2"))
         if cfg.metrics.prdc_features == "classifier" and cfg.metrics.features != "classifier":
             raise ConfigError("config key 'metrics.prdc_features': 'classifier' needs metrics.features=classifier")
     _choice("metrics.tracker", cfg.metrics.tracker, ("none", "tensorboard", "wandb"))
+    names = set(cfg.metrics.names)
+    prdc_in_dinov2 = cfg.metrics.prdc_features == "dinov2" and names & {"precision", "recall", "density", "coverage"}
+    if "fd_dinov2" in names or prdc_in_dinov2:
+        # files only, nothing loaded: a chain should not train for hours, then find no model to evaluate with
+        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model
+
+        find_dinov2_model(cfg.metrics.dinov2_model)
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

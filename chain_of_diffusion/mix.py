@@ -48,6 +48,18 @@ def _draw(records: list[dict], count: int, seed: int, *labels) -> list[dict]:
     return [records[i] for i in sorted(perm.tolist())]
 
 
+def _unique(records: list[dict]) -> list[dict]:
+    """The first record of each image file: a real image kept by a selection (select.method=latent
+    pools real and synthetic candidates) is already in the pool as real data."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r["file_name"] not in seen:
+            seen.add(r["file_name"])
+            out.append(r)
+    return out
+
+
 def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Path) -> tuple[list[dict], dict]:
     """(records for ``into/metadata.jsonl``, stats) of generation ``generation``."""
     real_train = _records_of(run.real / "train", into)
@@ -62,7 +74,10 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
         if policy in ("replace", "fresh"):
             synthetic = _draw(previous, size - num_real, cfg.seed, "mix-synthetic", generation)
             if policy == "replace":
-                real = _draw(real_train, num_real, cfg.seed, "mix-real", generation)
+                # real images the selection kept (select.method=latent) are already in: not twice
+                taken = {r["file_name"] for r in synthetic}
+                unused = [r for r in real_train if r["file_name"] not in taken]
+                real = _draw(unused, num_real, cfg.seed, "mix-real", generation)
             else:
                 real = _fresh_real(cfg, run, generation, num_real, size, into)
             records = real + synthetic
@@ -70,6 +85,7 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
             pool = list(real_train)
             for g in range(generation):
                 pool += _records_of(run.stage_path(g, "select"), into)
+            pool = _unique(pool)
             if policy == "accumulate":
                 records = pool
             else:  # accumulate_subsample

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from chain_of_diffusion.config import ChainConfig, ConfigError
+from chain_of_diffusion.config import ChainConfig, ConfigError, selection_space
 from chain_of_diffusion.data.imageset import image_path, load_images, read_metadata, write_metadata
 from chain_of_diffusion.data.real import prepare_real
 from chain_of_diffusion.generate import generate_image_set, render
@@ -373,7 +373,7 @@ def _unet_embedder(cfg: ChainConfig, run: RunDir):
     folder = run.stage_path(0, "train")
     if not folder.is_dir():
         raise ConfigError(
-            f"config key 'select.method': {cfg.select.method!r} with select.features={cfg.select.features!r} "
+            f"config key 'select.method': {cfg.select.method!r} with select.features={selection_space(cfg)!r} "
             f"needs generation 0's trained model and {folder} does not exist"
         )
     loaded: dict = {}
@@ -410,7 +410,7 @@ def _select_features(cfg: ChainConfig, run: RunDir, folder: Path, records: list[
     if space == "classifier":
         classifier = load_classifier(run.reference / "classifier")
         fn = lambda images: extract_features(classifier, images)  # noqa: E731
-    elif space in ("inception", "clip"):  # the metrics' extractors; they fail in one line without weights
+    elif space in ("inception", "clip", "dinov2"):  # the metrics' extractors; one line without weights
         from chain_of_diffusion.metrics.suite import FeatureSpaces
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -446,7 +446,14 @@ def _select_latent(cfg: ChainConfig, run: RunDir, generation: int, samples: list
     from safetensors.torch import load_file as load_tensors
 
     from chain_of_diffusion.data.imageset import relative_file_name
-    from chain_of_diffusion.select.latent import LinearProbe, fit_probe, knn_scores, probe_scores, top_n
+    from chain_of_diffusion.select.latent import (
+        LinearProbe,
+        cross_fitted_scores,
+        fit_probe,
+        knn_scores,
+        stratified_folds,
+        top_n,
+    )
 
     t = cfg.select.latent_t
     real_dir, samples_dir = run.real / "train", run.stage_path(generation, "generate")
@@ -463,15 +470,22 @@ def _select_latent(cfg: ChainConfig, run: RunDir, generation: int, samples: list
     caption_label = _caption_labels(real)
     labels = [r.get("label") for r in real] + [caption_label.get(s["text"]) for s in samples]
     if None not in labels and len(set(labels)) >= 2:
-        probe_file = cache / f"probe_t{t}.safetensors"
-        if probe_file.is_file():
-            probe = LinearProbe.from_state(load_tensors(str(probe_file)))
-        else:
-            probe = fit_probe(real_emb, torch.tensor(labels[: len(real)]), seed=derive_seed(cfg.seed, "latent-probe"))
-            tmp = probe_file.with_name(probe_file.name + ".tmp")
-            save_file(probe.state(), str(tmp))
-            tmp.replace(probe_file)
-        scores = probe_scores(probe, features, torch.tensor(labels))
+        real_labels = torch.tensor(labels[: len(real)])
+        folds = cfg.select.latent_folds
+        real_fold = stratified_folds(real_labels, folds, seed=derive_seed(cfg.seed, "latent-folds"))
+        probes = []
+        for f in range(folds):  # fit once per chain, then read back: every generation scores alike
+            probe_file = cache / (f"probe_t{t}.safetensors" if folds == 1 else f"probe_t{t}_fold{f}of{folds}.safetensors")
+            if not probe_file.is_file():
+                fit_rows = real_fold != f if folds > 1 else torch.ones(len(real), dtype=torch.bool)
+                probe = fit_probe(real_emb[fit_rows], real_labels[fit_rows],
+                                  seed=derive_seed(cfg.seed, "latent-probe", f))
+                tmp = probe_file.with_name(probe_file.name + ".tmp")
+                save_file(probe.state(), str(tmp))
+                tmp.replace(probe_file)
+            probes.append(LinearProbe.from_state(load_tensors(str(probe_file))))
+        scores = cross_fitted_scores(probes, real_fold, real_emb, real_labels, sample_emb,
+                                     torch.tensor(labels[len(real):]))
         kind = "probe_probability"
     else:
         log.warning(
@@ -516,7 +530,7 @@ def stage_select(cfg: ChainConfig, run: RunDir, generation: int, out: Path) -> d
         if method == "threshold_decay":
             options = {"tau0": cfg.select.tau0, "alpha": cfg.select.alpha, "decay_when": cfg.select.decay_when,
                        "pass_size": cfg.select.pass_size}
-        space = cfg.select.features
+        space = selection_space(cfg)
         name = f"features_{space}" + (f"_t{cfg.select.latent_t}" if space == "unet" else "")
         features = _select_features(cfg, run, samples_dir, samples, out / f"{name}.safetensors", space)
         seed = derive_seed(cfg.seed, "select", generation)
@@ -528,14 +542,17 @@ def stage_select(cfg: ChainConfig, run: RunDir, generation: int, out: Path) -> d
 
 
 def stage_evaluate(cfg: ChainConfig, run: RunDir, generation: int, out: Path, accelerator: Accelerator) -> dict:
-    """Every process extracts features of its share of samples; the main process writes metrics."""
+    """Every process extracts features of its share of the evaluated samples (the first N, see
+    :func:`~chain_of_diffusion.metrics.evaluation.evaluated_sample_records`); the main process
+    writes the metrics."""
+    from chain_of_diffusion.metrics import evaluation
+
     samples_dir = run.stage_path(generation, "generate")
     train_dir = run.stage_path(generation, "mix")
-    sample_records = read_metadata(samples_dir)
+    sample_records = evaluation.evaluated_sample_records(cfg, run, generation)
     classifier = None
     if cfg.metrics.features == "classifier":
         classifier = load_classifier(run.reference / "classifier")
-    from chain_of_diffusion.metrics import evaluation
     from chain_of_diffusion.metrics.suite import FeatureSpaces
 
     spaces = FeatureSpaces(cfg.metrics, classifier=classifier, device=accelerator.device)

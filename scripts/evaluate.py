@@ -7,15 +7,16 @@
 
 Run mode recomputes the named metrics of every generation whose evaluate stage is finished,
 merges them into ``gen_XX/evaluate/metrics.json`` and rebuilds ``gen_XX/metrics.json``,
-``metrics.jsonl`` and ``report.html``; nothing is retrained or resampled. Inception/CLIP features of
+``metrics.jsonl`` and ``report.html``; nothing is retrained or resampled. Inception/CLIP/DINOv2 features of
 the samples and of the held-out split that the chain cached (``gen_XX/evaluation/features_*.safetensors``,
 ``reference/features_*.safetensors``) are reused; missing ones are extracted once and cached. Folder mode compares
 ``--fake`` against ``--real`` (memorization/generalization against ``--train``, default ``--real``);
 with ``--json`` the last line printed is one JSON object of metric name to value.
 
-Config keys of the ``metrics`` group (Inception weights, CLIP model, feature space, ...) are set
-with ``--set metrics.KEY=VALUE``. Bad input (an unknown metric, an empty or one-image folder,
-clip_score without captions, missing weights) prints one line and exits 2.
+Config keys of the ``metrics`` group (Inception weights, CLIP model, DINOv2 model, feature space, ...)
+are set with ``--set metrics.KEY=VALUE``, e.g. ``--metrics fd_dinov2 --set metrics.dinov2_model=DIR``.
+Bad input (an unknown metric, an empty or one-image folder, clip_score without captions, missing
+weights) prints one line and exits 2.
 """
 
 from __future__ import annotations

@@ -314,5 +314,7 @@ def test_latent_filter_keeps_top_n_of_pooled_real_and_synthetic(tmp_path: Path):
     assert stats["num_real"] == num_real and stats["num_train_images"] == 48
     # real embeddings and the probe were computed once, in gen_00/latent/; samples' next to their selection
     assert len(load_file(str(out / "gen_00" / "latent" / "unet_t100.safetensors"))) == 48
-    assert (out / "gen_00" / "latent" / "probe_t100.safetensors").is_file()
+    # two probes, each fit without one fold of the real images (cross-fitting, select.latent_folds=2)
+    assert sorted(p.name for p in (out / "gen_00" / "latent").glob("probe_*")) == [
+        "probe_t100_fold0of2.safetensors", "probe_t100_fold1of2.safetensors"]
     assert len(load_file(str(out / "gen_01" / "selected" / "features_unet_t100.safetensors"))) == 48

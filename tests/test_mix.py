@@ -79,3 +79,17 @@ def test_real_fraction_schedules():
     assert [round(real_fraction_at(cfg, g), 3) for g in range(5)] == [1.0, 0.8, 0.6, 0.4, 0.2]
     cfg = load_config([], ["mix.real_fraction=0.8", "mix.real_fraction_schedule=exponential_decay"])
     assert [round(real_fraction_at(cfg, g), 3) for g in range(4)] == [1.0, 0.8, 0.4, 0.2]
+
+
+def test_real_images_kept_by_a_selection_are_not_trained_on_twice(run):
+    # the latent filter keeps real training images: its selected set has records pointing at them
+    kept_real = [{**r, "file_name": f"../../real/train/{r['file_name']}", "score": 1.0}
+                 for r in read_metadata(run.real / "train")[:4]]
+    kept = kept_real + read_metadata(run.stage_path(0, "select"))[:6]
+    write_metadata(run.stage_path(0, "select"), kept)
+    records, stats = _mix(run, 1, "mix.policy=accumulate")
+    assert len(records) == 16 and len({r["file_name"] for r in records}) == 16  # 10 real + 6 new synthetic
+    assert stats["num_real"] == 10
+    records, stats = _mix(run, 1, "mix.real_fraction=0.5")
+    assert len({r["file_name"] for r in records}) == len(records) == 10
+    assert stats["num_real"] == 5 + sum(1 for r in records if r.get("score") == 1.0)

@@ -19,7 +19,7 @@ def _image_set(folder, n=12):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "select_images.py"), *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "select.py"), *args], capture_output=True, text=True)
 
 
 def test_select_script_curates_an_image_set(tmp_path):
@@ -40,3 +40,25 @@ def test_select_script_bad_input(tmp_path):
     _image_set(tmp_path / "in")
     proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--method", "magic")
     assert proc.returncode == 2 and "magic" in proc.stderr
+
+
+def test_select_script_refuses_a_budget_above_the_pool_and_spaces_without_weights(tmp_path):
+    _image_set(tmp_path / "in")
+    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "13")
+    assert proc.returncode == 2 and "--budget 13" in proc.stderr and "12 images" in proc.stderr
+    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2",
+                "--features", "inception", "--set", f"metrics.inception_weights={tmp_path / 'none.pth'}")
+    assert proc.returncode == 2 and "none.pth" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--features", "sift")
+    assert proc.returncode == 2 and "pixels" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_py_does_not_shadow_the_standard_library_for_sibling_scripts():
+    # a script in scripts/ has that folder first on sys.path; `import subprocess` imports `select`
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import subprocess, select; "
+            "print(hasattr(select, 'poll'), subprocess.run(['true']).returncode)")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "0"]

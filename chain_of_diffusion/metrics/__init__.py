@@ -1,5 +1,5 @@
 """Metrics of a chain generation: Fréchet/kernel distances in several feature spaces (classifier,
-Inception via torch-fidelity, CLIP), CLIP score, precision/recall/density/coverage, memorization,
+Inception via torch-fidelity, CLIP, DINOv2), CLIP score, precision/recall/density/coverage, memorization,
 generalization, k-NN entropy and drift statistics, plus the HTML report.
 
 Kept cheap to import (``config.py`` imports :data:`METRIC_NAMES` during validation): the report
@@ -15,7 +15,7 @@ from .neighbors import generalization_score, knn_distances, memorization_ratio
 # saturation writes saturation_mean and saturation_std.
 METRIC_NAMES = (
     "fd_classifier", "memorization", "generalization", "entropy",
-    "fid_inception", "kid_inception", "fd_clip", "clip_score",
+    "fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
     "precision", "recall", "density", "coverage",
     "saturation", "hf_energy", "sharpness",
 )

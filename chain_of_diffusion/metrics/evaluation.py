@@ -25,7 +25,15 @@ from torch import Tensor
 from chain_of_diffusion.data.imageset import ImageSetError, load_images, read_metadata
 
 from .drift import DRIFT_NAMES
-from .suite import DRIFT_METRICS, FeatureSpaces, MetricInputError, check_names, compute_metrics, sample_spaces
+from .suite import (
+    DRIFT_METRICS,
+    PRETRAINED_SPACES,
+    FeatureSpaces,
+    MetricInputError,
+    check_names,
+    compute_metrics,
+    sample_spaces,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # computed inline by the evaluate stage (sharded over processes); the rest go through compute_metrics
@@ -37,6 +45,11 @@ def _cache_name(cfg, space: str) -> str:
     if space == "clip":  # the embedding depends on the model and its weights
         tag = f"{cfg.metrics.clip_model}_{Path(str(cfg.metrics.clip_pretrained)).name}"
         return "features_clip_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", tag) + ".safetensors"
+    if space == "dinov2":
+        # the folder's name alone could be shared by two different checkpoints: add a hash of the value
+        model = str(cfg.metrics.dinov2_model)
+        tag = f"{Path(model).name}_{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+        return "features_dinov2_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", tag) + ".safetensors"
     return f"features_{space}.safetensors"
 
 
@@ -56,7 +69,7 @@ def reference_features(cfg, run, spaces: FeatureSpaces):
             return memo[space]
         heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
         memo[space] = spaces(space, heldout).contiguous()
-        if space in ("inception", "clip"):  # the pixel/classifier spaces are cheap to recompute
+        if space in PRETRAINED_SPACES:  # the pixel/classifier spaces are cheap to recompute
             tmp = path.with_name(path.name + ".tmp")
             save_file({"features": memo[space]}, str(tmp))
             tmp.replace(path)
@@ -164,12 +177,27 @@ def reference_drift(run) -> dict:
     return stats
 
 
+def evaluated_sample_records(cfg, run, generation: int) -> list[dict]:
+    """The samples a generation is judged on: the first N by index, N the selection budget.
+
+    With ``select.oversample`` > 1 the generate stage renders more candidates than are kept; taking
+    the first N (each drawn with its own seed, before any selection) measures the model on as
+    many images as a variant without oversampling, so metrics that depend on the sample count
+    (Fréchet distances above all) compare across variants.
+    """
+    from chain_of_diffusion.stages import selection_budget  # late: stages imports this module
+
+    records = read_metadata(run.stage_path(generation, "generate"))
+    budget = selection_budget(cfg, run)
+    return [r for r in records if int(r.get("index", 0)) < budget]
+
+
 def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifier=None,
                         sample_features: dict[str, Tensor] | None = None, feature_dir: Path | None = None,
                         spaces: FeatureSpaces | None = None) -> dict:
     """Metrics ``names`` of generation ``generation``'s samples (main process).
 
-    The samples' Inception/CLIP features are taken from ``sample_features`` (the evaluate stage's
+    The samples' Inception/CLIP/DINOv2 features are taken from ``sample_features`` (the evaluate stage's
     sharded extraction), else from the cache in ``feature_dir`` (default: the generation's finished
     evaluate folder), else extracted here and written to that cache. ``spaces``: extractors to reuse.
     Drift statistics also get ``<key>_reference``: the same statistic of the held-out real images.
@@ -178,7 +206,7 @@ def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifi
     if not names:
         return {}
     samples_dir = run.stage_path(generation, "generate")
-    records = read_metadata(samples_dir)
+    records = evaluated_sample_records(cfg, run, generation)
     samples = load_images(samples_dir, records)
     if classifier is None and cfg.metrics.features == "classifier" and (run.reference / "classifier").exists():
         from .classifier import load_classifier

@@ -91,8 +91,30 @@ def frechet_distance_from_stats(
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
+def trace_sqrt_product_from_features(a: Tensor, b: Tensor) -> float:
+    """Tr (S_a S_b)^{1/2} of the two sets' covariances, exactly, from the features themselves.
+
+    With A, B the centred features, S_a S_b = A^T (A B^T B) / c has the nonzero eigenvalues of
+    (A B^T)(A B^T)^T, so the trace is the sum of the singular values of the (N, M) matrix A B^T over
+    sqrt(c), c = (N - 1)(M - 1). Costs O(N M D + min(N, M)^2 max(N, M)) instead of sqrtm's O(D^3),
+    and needs no ridge where fewer images than dimensions make the covariances singular.
+
+    Args:
+        a: (N, D), b: (M, D); float64 recommended.
+    """
+    x = _check_features(a, "a")
+    y = _check_features(b, "b")
+    cross = (x - x.mean(dim=0)) @ (y - y.mean(dim=0)).T
+    return float(torch.linalg.svdvals(cross).sum()) / float(np.sqrt((x.shape[0] - 1) * (y.shape[0] - 1)))
+
+
 def frechet_distance(a: Tensor, b: Tensor) -> float:
     """Fréchet distance between the Gaussians fitted to two feature sets.
+
+    With at least as many images as feature dims (classifier or Inception features of a large set)
+    this is the pytorch-fid computation (sqrtm of the covariance product); with fewer images than
+    dims (pixel features of a small set: 3,072 dims at 32x32) the trace term comes exactly from the
+    features (:func:`trace_sqrt_product_from_features`), which is fast and needs no ridge.
 
     Args:
         a: (N, D) features, N >= 2.
@@ -100,4 +122,8 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     """
     mu_a, sigma_a = gaussian_stats(a)
     mu_b, sigma_b = gaussian_stats(b)
-    return frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)
+    if min(a.shape[0], b.shape[0]) >= a.shape[1]:
+        return frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)
+    diff = mu_a - mu_b
+    trace = np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * trace_sqrt_product_from_features(a, b)
+    return float(diff @ diff + trace)

@@ -28,7 +28,7 @@ from .prdc import prdc
 Images = Tensor | Sequence[Tensor]
 PRDC_NAMES = ("precision", "recall", "density", "coverage")
 DRIFT_METRICS = ("saturation", "hf_energy", "sharpness")
-FEATURE_SPACES = ("pixels", "classifier", "inception", "clip")
+FEATURE_SPACES = ("pixels", "classifier", "inception", "clip", "dinov2")
 
 
 class MetricInputError(ConfigError):
@@ -52,23 +52,28 @@ def feature_spaces_needed(names: Sequence[str], features: str, prdc_features: st
         spaces.add("inception")
     if "fd_clip" in names:
         spaces.add("clip")
+    if "fd_dinov2" in names:
+        spaces.add("dinov2")
     if set(PRDC_NAMES) & set(names):
         spaces.add(prdc_features or features)
     return spaces
 
 
-PRETRAINED_SPACES = ("inception", "clip")  # the spaces worth sharding and caching (network per image)
+# the spaces worth sharding and caching (a network per image)
+PRETRAINED_SPACES = ("inception", "clip", "dinov2")
 
 
 def sample_spaces(names: Sequence[str], mcfg) -> list[str]:
-    """The pretrained feature spaces (inception, clip) that ``names`` need of the generated samples,
-    in a fixed order: what the evaluate stage extracts sharded over processes and caches."""
+    """The pretrained feature spaces (inception, clip, dinov2) that ``names`` need of the generated
+    samples, in a fixed order: what the evaluate stage extracts sharded over processes and caches."""
     names = set(names)
     need = set()
     if names & {"fid_inception", "kid_inception"}:
         need.add("inception")
     if names & {"fd_clip", "clip_score"}:
         need.add("clip")
+    if "fd_dinov2" in names:
+        need.add("dinov2")
     if names & set(PRDC_NAMES):
         need.add(mcfg.prdc_features or mcfg.features)
     return [s for s in PRETRAINED_SPACES if s in need]
@@ -98,10 +103,11 @@ class FeatureSpaces:
     """Feature extractors by name, built on first use.
 
     Args:
-        mcfg: the ``metrics`` config (inception_weights, clip_model, clip_pretrained, batch_size).
+        mcfg: the ``metrics`` config (inception_weights, clip_model, clip_pretrained, dinov2_model,
+            batch_size).
         classifier: the run's real-data classifier, for space ``classifier``.
         pixel_size: (H, W) every image is brought to for space ``pixels`` (None: the first image's).
-        device: where the Inception / CLIP networks run.
+        device: where the Inception / CLIP / DINOv2 networks run.
     """
 
     def __init__(self, mcfg, classifier=None, pixel_size=None, device: str | torch.device = "cpu"):
@@ -111,6 +117,7 @@ class FeatureSpaces:
         self.device = device
         self._inception = None
         self._clip = None
+        self._dinov2 = None
 
     @property
     def clip(self):
@@ -141,6 +148,12 @@ class FeatureSpaces:
             from .clip import clip_image_features
 
             return clip_image_features(self.clip, images, batch_size=self.mcfg.batch_size)
+        if space == "dinov2":
+            from .dinov2 import DEFAULT_MODEL, dinov2_features, load_dinov2
+
+            if self._dinov2 is None:
+                self._dinov2 = load_dinov2(getattr(self.mcfg, "dinov2_model", DEFAULT_MODEL), self.device)
+            return dinov2_features(self._dinov2, images, batch_size=self.mcfg.batch_size)
         raise MetricInputError(f"unknown feature space {space!r}; known: {', '.join(FEATURE_SPACES)}")
 
 
@@ -214,6 +227,9 @@ def compute_metrics(
     if "fd_clip" in names:
         _at_least(n, 2, "fd_clip")
         out["fd_clip"] = frechet_distance(features_of("clip"), reference_features("clip"))
+    if "fd_dinov2" in names:
+        _at_least(n, 2, "fd_dinov2")
+        out["fd_dinov2"] = frechet_distance(features_of("dinov2"), reference_features("dinov2"))
     if "clip_score" in names:
         if not captions or len(captions) != n or not all(isinstance(c, str) and c for c in captions):
             raise MetricInputError("clip_score needs one caption per image (a 'text' column in metadata.jsonl)")

@@ -2,10 +2,16 @@
 trackers (``metrics.tracker``: none | tensorboard | wandb), on the main process.
 
 TensorBoard event files go to ``<output_dir>/tensorboard/``; the step is the generation, so the
-curves in TensorBoard are the report's curves. The orchestrator calls :func:`log_pending` after a
-generation's evaluate stage has committed (and on every resume): a generation is logged once, even
-when its evaluate stage was killed and re-run, or the chain was killed before the tracker was told. A tracker whose package is missing is a one-line
-:class:`~chain_of_diffusion.config.ConfigError`.
+curves in TensorBoard are the report's curves. W&B runs go to project ``$WANDB_PROJECT`` (default
+``chain-of-diffusion``), grouped by the run directory's name, with local files in
+``<output_dir>/wandb/`` (``WANDB_MODE=offline`` needs no network; ``wandb sync`` uploads later).
+Each ``run_name`` is one W&B run with an id derived from the run directory, resumed on every open,
+so a chain's generations (and its resumes) make one curve rather than one run per point.
+
+The orchestrator calls :func:`log_pending` after a generation's evaluate stage has committed (and
+on every resume): a generation is logged once, even when its evaluate stage was killed and re-run,
+or the chain was killed before the tracker was told. A tracker whose package is missing is a
+one-line :class:`~chain_of_diffusion.config.ConfigError`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ from PIL import Image
 from chain_of_diffusion.config import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+WANDB_PROJECT = "chain-of-diffusion"
+
+
+def wandb_run_id(output_dir: str | Path, run_name: str) -> str:
+    """A W&B run id stable for (run directory, run_name): reopening resumes the same run."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{Path(output_dir).resolve()}\n{run_name}".encode()).hexdigest()[:16]
+    return f"{run_name[:40]}-{digest}"
 
 
 def open_tracker(kind: str, output_dir: str | Path, run_name: str = "chain"):
@@ -33,9 +48,16 @@ def open_tracker(kind: str, output_dir: str | Path, run_name: str = "chain"):
 
         tracker = TensorBoardTracker(run_name, Path(output_dir) / "tensorboard")
     else:
+        import os
+
+        from accelerate import PartialState
         from accelerate.tracking import WandBTracker
 
-        tracker = WandBTracker(run_name, dir=str(output_dir))
+        PartialState()  # WandBTracker logs through accelerate's logger, which refuses to run without a state
+        # WandBTracker passes its first argument as the W&B project
+        tracker = WandBTracker(os.environ.get("WANDB_PROJECT") or WANDB_PROJECT, name=run_name,
+                               id=wandb_run_id(output_dir, run_name), resume="allow",
+                               group=Path(output_dir).resolve().name, dir=str(output_dir))
     tracker.start()  # accelerate's Accelerator.init_trackers does this; standalone use must too
     return tracker
 
@@ -57,7 +79,9 @@ def log_generation(kind: str, output_dir: str | Path, metrics: dict, grid: str |
 
 def _log_png(tracker, name: str, path: str | Path, step: int) -> None:
     image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
-    tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
+    # TensorBoard needs the layout named; wandb.log rejects that keyword and reads HWC arrays as they are
+    extra = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}
+    tracker.log_images({name: image[None]}, step=step, **extra)
 
 
 def log_image(kind: str, output_dir: str | Path, run_name: str, name: str, path: str | Path, step: int) -> None:

@@ -160,6 +160,57 @@ def probe_scores(probe: LinearProbe, features: Tensor, labels: Tensor) -> Tensor
     return probe.probabilities(features).gather(1, cols.unsqueeze(1)).squeeze(1)
 
 
+def stratified_folds(labels: Tensor, folds: int, seed: int = 0) -> Tensor:
+    """(N,) fold id in [0, folds) per sample: each class is shuffled (seeded) and dealt round-robin,
+    so every class with at least ``folds`` members is in every fold."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    gen = torch.Generator().manual_seed(int(seed))
+    fold = torch.empty(labels.shape[0], dtype=torch.long)
+    for c in torch.unique(labels.long()).tolist():
+        members = torch.nonzero(labels.long() == c).squeeze(1)
+        members = members[torch.randperm(members.numel(), generator=gen)]
+        fold[members] = torch.arange(members.numel()) % folds
+    return fold
+
+
+def own_label_probability(probe: LinearProbe, features: Tensor, labels: Tensor) -> Tensor:
+    """(N,) like :func:`probe_scores`, but a label the probe never saw scores 0 (a fold's probe may
+    miss a rare class that only the held-out fold has)."""
+    lookup = {int(c): j for j, c in enumerate(probe.classes.tolist())}
+    probs = probe.probabilities(features)
+    cols = torch.tensor([lookup.get(int(v), 0) for v in labels.tolist()], dtype=torch.long)
+    known = torch.tensor([int(v) in lookup for v in labels.tolist()], dtype=torch.bool)
+    return torch.where(known, probs.gather(1, cols.unsqueeze(1)).squeeze(1), torch.zeros(()))
+
+
+def cross_fitted_scores(probes: list[LinearProbe], real_fold: Tensor, real_features: Tensor, real_labels: Tensor,
+                        sample_features: Tensor, sample_labels: Tensor) -> Tensor:
+    """Scores of the pooled real + synthetic candidates without in-sample bias.
+
+    A probe scores real images it was fit on too confidently, which would favour them over the
+    synthetic candidates. With K probes, probe f fit on the real images outside fold f: a real
+    image gets the score of the probe that never saw it, a synthetic one the mean over the K
+    probes. With one probe (K = 1) every candidate is scored by it (in-sample for the real ones).
+
+    Args:
+        probes: K fitted probes; real_fold: (R,) fold of each real image (ignored for K = 1).
+        real_features: (R, D), real_labels: (R,); sample_features: (S, D), sample_labels: (S,).
+
+    Returns:
+        (R + S,) scores, real candidates first.
+    """
+    if len(probes) == 1:
+        return torch.cat([own_label_probability(probes[0], real_features, real_labels),
+                          own_label_probability(probes[0], sample_features, sample_labels)])
+    real = torch.empty(real_features.shape[0])
+    for f, probe in enumerate(probes):
+        rows = real_fold == f
+        real[rows] = own_label_probability(probe, real_features[rows], real_labels[rows])
+    synthetic = torch.stack([own_label_probability(p, sample_features, sample_labels) for p in probes]).mean(dim=0)
+    return torch.cat([real, synthetic])
+
+
 def knn_scores(features: Tensor, reference: Tensor, k: int, in_reference: Tensor | None = None) -> Tensor:
     """(N,) minus the distance of each candidate to its k-th nearest reference embedding.
 

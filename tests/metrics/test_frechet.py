@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from chain_of_diffusion.metrics import frechet_distance, gaussian_stats
-from chain_of_diffusion.metrics.frechet import frechet_distance_from_stats
+from chain_of_diffusion.metrics.frechet import frechet_distance_from_stats, trace_sqrt_product_from_features
 
 
 def closed_form_diag(m1, v1, m2, v2) -> float:
@@ -37,12 +37,28 @@ def test_set_against_itself_is_zero():
     assert frechet_distance(x, x + 1.0) == pytest.approx(16.0, rel=1e-6)
 
 
-def test_singular_covariance_is_finite():
-    # Fewer images than dims: rank-deficient covariances trigger the eps*I retry.
+def test_singular_covariance_is_finite_and_exact():
+    # Fewer images than dims: rank-deficient covariances, where sqrtm needs a ridge
     gen = torch.Generator().manual_seed(2)
     a, b = torch.randn(5, 32, generator=gen), torch.randn(6, 32, generator=gen)
     value = frechet_distance(a, b)
     assert np.isfinite(value) and value > 0
+    assert abs(frechet_distance(a, a)) < 1e-9  # no ridge: a set against itself is exactly 0
+    # the same value as sqrtm with pytorch-fid's ridge, up to what the ridge adds
+    mu_a, s_a = gaussian_stats(a)
+    mu_b, s_b = gaussian_stats(b)
+    assert value == pytest.approx(frechet_distance_from_stats(mu_a, s_a, mu_b, s_b), rel=1e-3)
+
+
+def test_trace_term_from_features_equals_sqrtm():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 8, generator=gen, dtype=torch.float64) @ torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    b = torch.randn(200, 8, generator=gen, dtype=torch.float64) * 2.0 + 1.0
+    import scipy.linalg
+
+    (_, s_a), (_, s_b) = gaussian_stats(a), gaussian_stats(b)
+    expected = np.trace(np.real(scipy.linalg.sqrtm(s_a @ s_b)))
+    assert trace_sqrt_product_from_features(a, b) == pytest.approx(expected, rel=1e-9)
 
 
 def test_gaussian_stats_shapes_and_dtype():

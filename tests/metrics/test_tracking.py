@@ -44,3 +44,24 @@ def test_log_pending_logs_each_generation_once(tmp_path):
     ea.Reload()
     assert [(e.step, e.value) for e in ea.Scalars("fd_classifier")] == [(0, 3.0), (1, 4.0)]
     assert logged_path(tmp_path, "tensorboard").read_text().strip() == "[0, 1]"
+
+
+def test_wandb_offline_gets_metrics_per_generation_and_the_grid(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account: the run stays in <output_dir>/wandb
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+
+    Image.fromarray(np.full((8, 16, 3), 200, np.uint8)).save(tmp_path / "grid.png")
+    log_generation("wandb", tmp_path, {"generation": 0, "fid_inception": 12.5, "note": None}, tmp_path / "grid.png")
+    log_generation("wandb", tmp_path, {"generation": 1, "fid_inception": 20.0, "flag": True})
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    run_id = tracking.wandb_run_id(tmp_path, "chain")
+    # one directory per open, all of one resumed run (one id), so the generations make one curve
+    assert len(runs) == 2 and all(path.name.endswith(run_id) for path in runs)
+    records = b"".join(next(path.glob("run-*.wandb")).read_bytes() for path in runs)
+    assert b"fid_inception" in records and b"samples" in records and b"flag" not in records
+    assert len(list(runs[0].glob("files/media/images/samples_0_*.png"))) == 1

@@ -4,10 +4,12 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from chain_of_diffusion.select.latent import (
     LinearProbe,
+    cross_fitted_scores,
     fit_probe,
     fixed_noise,
     knn_scores,
     probe_scores,
+    stratified_folds,
     top_n,
     unet_embeddings,
 )
@@ -131,3 +133,31 @@ def test_knn_scores_known_answer_and_self_skipped():
 
 def test_top_n_best_first_ties_to_lower_index():
     assert top_n(torch.tensor([0.1, 0.9, 0.5, 0.9, 0.2]), 3).tolist() == [1, 3, 2]
+
+
+def test_stratified_folds_put_every_class_in_every_fold():
+    labels = torch.tensor([0] * 7 + [1] * 4 + [2] * 1)
+    fold = stratified_folds(labels, 2, seed=3)
+    for c, size in ((0, 7), (1, 4)):
+        counts = torch.bincount(fold[labels == c], minlength=2).tolist()
+        assert sorted(counts) == [size // 2, size - size // 2]
+    assert torch.equal(fold, stratified_folds(labels, 2, seed=3))  # seeded
+    assert stratified_folds(labels, 1).eq(0).all()
+
+
+def test_cross_fitting_removes_the_in_sample_bias_toward_real_images():
+    # labels carry no signal: an honest probe gives real and synthetic candidates the same ~1/2,
+    # but a probe scoring the very images it was fit on (D close to N) is sure of their labels
+    gen = torch.Generator().manual_seed(0)
+    real, synthetic = torch.randn(60, 40, generator=gen), torch.randn(60, 40, generator=gen)
+    real_y, synthetic_y = torch.randint(0, 2, (60,), generator=gen), torch.randint(0, 2, (60,), generator=gen)
+    one = cross_fitted_scores([fit_probe(real, real_y)], torch.zeros(60, dtype=torch.long), real, real_y,
+                              synthetic, synthetic_y)
+    assert one[:60].mean() > one[60:].mean() + 0.2  # the bias
+    fold = stratified_folds(real_y, 2, seed=0)
+    probes = [fit_probe(real[fold != f], real_y[fold != f]) for f in range(2)]
+    two = cross_fitted_scores(probes, fold, real, real_y, synthetic, synthetic_y)
+    assert abs(two[:60].mean() - two[60:].mean()) < 0.1
+    # a real image's score is the probe's that never saw it
+    f0 = torch.nonzero(fold == 0).squeeze(1)
+    torch.testing.assert_close(two[f0], probe_scores(probes[0], real[f0], real_y[f0]))

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Curate any imagefolder data set with the chain's selectors.
+
+    python scripts/select.py --in samples/ --out curated/ --method greedy_entropy --budget 500 --features pixels
+    python scripts/select.py --in samples/ --out curated/ --method threshold_decay --budget 500 \
+        --features inception --set metrics.inception_weights=pt_inception.pth
+
+Reads ``--in`` (PNG/JPEG files + ``metadata.jsonl``), picks ``--budget`` images, and writes them
+with their metadata (plus ``score``: the rank at which each was picked) as a new image set in
+``--out``. Feature spaces: ``pixels`` (every image brought to 32x32), ``inception``, ``clip``,
+``dinov2`` (where their weights exist; set them with ``--set metrics.KEY=VALUE`` as in
+``scripts/evaluate.py``). Bad input prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "select":
+    # Python puts a script's folder first on sys.path, so a sibling script's ``import select``
+    # (subprocess, selectors and asyncio do it) finds this file: hand over the standard library's
+    # module instead, and the import that got here gets that one (it reads sys.modules afterwards).
+    import importlib.machinery
+    import importlib.util
+
+    _here = Path(__file__).resolve().parent
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "select", [p for p in sys.path if Path(p or ".").resolve() != _here]
+    )
+    _stdlib_select = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_stdlib_select)
+    sys.modules["select"] = _stdlib_select
+
+import argparse
+import shutil
+
+EXIT_BAD_INPUT = 2
+SIZE = 32  # pixel features: every image brought to SIZE x SIZE, as the chain's data sources do
+SPACES = ("pixels", "inception", "clip", "dinov2")
+METHODS = ("random", "greedy_entropy", "threshold_decay")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="select.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--in", dest="src", required=True, help="input image set (folder with metadata.jsonl)")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--method", default="greedy_entropy", help=" | ".join(METHODS))
+    p.add_argument("--budget", type=int, required=True, help="number of images to keep")
+    p.add_argument("--features", default="pixels", help="feature space for distances: " + " | ".join(SPACES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau0", type=float, default=None, help="threshold_decay: start threshold (default: median NN distance)")
+    p.add_argument("--alpha", type=float, default=0.9, help="threshold_decay: tau <- alpha * tau")
+    p.add_argument("--decay-when", default="empty_pass", choices=["empty_pass", "every_pass"])
+    p.add_argument("--pass-size", type=int, default=None,
+                   help="threshold_decay: candidates per pass (default: the budget)")
+    p.add_argument("--set", action="append", default=[], metavar="metrics.KEY=VALUE",
+                   help="weights of the learned spaces, e.g. metrics.inception_weights=FILE, metrics.clip_pretrained=FILE")
+    return p
+
+
+def _features(src: Path, records: list[dict], space: str, overrides: list[str]):
+    """(N, D) features of the image set's images in ``space``."""
+    import torch
+    from PIL import Image
+
+    from chain_of_diffusion.data.imageset import image_path, pil_to_tensor
+    from chain_of_diffusion.data.transforms import to_resolution
+
+    images = []
+    for record in records:
+        path = image_path(src, record)
+        try:
+            with Image.open(path) as im:
+                images.append(to_resolution(im, SIZE) if space == "pixels" else im.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read image ({err})") from None
+    if space == "pixels":
+        return pil_to_tensor(images).flatten(1)
+    from chain_of_diffusion.config import ConfigError, load_config
+    from chain_of_diffusion.metrics.suite import FeatureSpaces
+
+    for item in overrides:
+        if not item.startswith("metrics.") or "=" not in item:
+            raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE overrides apply here")
+    mcfg = load_config([], overrides).metrics
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # images keep their own sizes: each extractor resizes as its metric does (Inception to 299, ...)
+    return FeatureSpaces(mcfg, device=device)(space, [pil_to_tensor([im])[0] for im in images])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    from chain_of_diffusion.config import ConfigError
+    from chain_of_diffusion.data.imageset import ImageSetError, image_path, read_metadata, write_metadata
+    from chain_of_diffusion.select import select_indices
+
+    src, out = Path(args.src), Path(args.out)
+    try:
+        if args.method not in METHODS:
+            raise ValueError(f"--method {args.method!r}: not one of {', '.join(METHODS)}")
+        if args.features not in SPACES:
+            raise ValueError(f"--features {args.features!r}: not one of {', '.join(SPACES)}")
+        if out.exists():
+            raise ValueError(f"{out}: already exists; choose a new --out folder")
+        records = read_metadata(src)
+        if not records:
+            raise ValueError(f"{src}/metadata.jsonl: no images")
+        if not 1 <= args.budget <= len(records):
+            raise ValueError(f"--budget {args.budget}: must be between 1 and the {len(records)} images in {src}")
+        features = _features(src, records, args.features, args.set)
+        options = {}
+        if args.method == "threshold_decay":
+            options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when,
+                       "pass_size": args.pass_size}
+        order = select_indices(args.method, features, args.budget, seed=args.seed, **options).tolist()
+    except (ValueError, ImageSetError, ConfigError, FileNotFoundError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"select.py: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kept = []
+    names = [Path(records[i]["file_name"]).name for i in order]
+    unique = len(set(names)) == len(names)  # files from sub-folders may share a name
+    for rank, i in enumerate(order):
+        record = dict(records[i])
+        path = Path(record["file_name"])
+        name = path.name if unique else f"{i:06d}{path.suffix}"
+        shutil.copyfile(image_path(src, record), tmp / name)
+        kept.append({**record, "file_name": name, "score": rank})
+    write_metadata(tmp, sorted(kept, key=lambda r: r["file_name"]))
+    tmp.rename(out)
+    print(f"kept {len(kept)} of {len(records)} images ({args.method}, {args.features}) in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
