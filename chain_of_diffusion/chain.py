@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
+from chain_of_diffusion.mix import check_fresh_pool
 from chain_of_diffusion.runs import (
     ONCE_STAGES,
     STAGES,
@@ -225,21 +226,25 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
         state = run.load_state()
         ran: list[str] = []
 
-        def once(name: str, fn) -> None:
+        def once(name: str, fn, every_process: bool = False) -> None:
             if run.is_done(None, name):
                 return
             started = time.time()
             say(f"[{name}] ...")
             if main:
-                tmp = run.fresh_tmp(None, name)
-                summary = fn(tmp)
+                run.fresh_tmp(None, name)
+            accelerator.wait_for_everyone()
+            tmp = run.tmp_stage_path(None, name)
+            summary = fn(tmp) if main or every_process else None
+            if main:
                 run.commit_stage(state, None, name, tmp)
                 log.info("%s done in %.1fs: %s", name, time.time() - started, summary)
             accelerator.wait_for_everyone()
             ran.append(name)
 
         once("real", lambda tmp: stages.stage_real(cfg, tmp))
-        once("reference", lambda tmp: stages.stage_reference(cfg, run, tmp))
+        check_fresh_pool(cfg, run)  # every process: all stop alike, before any training
+        once("reference", lambda tmp: stages.stage_reference(cfg, run, tmp, accelerator), every_process=True)
 
         for g in range(cfg.generations):
             for stage in STAGES:

@@ -309,6 +309,16 @@ def validate(cfg: ChainConfig) -> None:
                 f"config key 'select.features': 'inception' has no weights here ({err}); "
                 f"spaces that need none: pixels, classifier, unet"
             ) from None
+    if space == "clip" and sel.method in ("greedy_entropy", "threshold_decay"):
+        from chain_of_diffusion.metrics.clip import check_clip_weights  # late: imports torch
+
+        try:
+            check_clip_weights(cfg.metrics.clip_model, cfg.metrics.clip_pretrained)
+        except ConfigError as err:
+            raise ConfigError(
+                f"config key 'select.features': 'clip' has no weights here ({err}); "
+                f"spaces that need none: pixels, classifier, unet"
+            ) from None
     if space == "dinov2" and sel.method in ("greedy_entropy", "threshold_decay"):
         from chain_of_diffusion.metrics.dinov2 import find_dinov2_model  # late: imports torch
 

@@ -100,6 +100,22 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
     return records, stats
 
 
+def check_fresh_pool(cfg: ChainConfig, run: RunDir) -> None:
+    """``mix.policy=fresh``: a :class:`DataError` before any training when the real pool cannot give
+    every generation its share of unused real images (the count per generation is known up front)."""
+    if cfg.mix.policy != "fresh":
+        return
+    size = cfg.mix.num_images or len(read_metadata(run.real / "train"))
+    per_generation = [round(real_fraction_at(cfg, g) * size) for g in range(1, cfg.generations)]
+    have = len(read_metadata(run.real / "pool"))
+    if sum(per_generation) > have:
+        raise DataError(
+            f"mix.policy=fresh: generations 1-{cfg.generations - 1} need {sum(per_generation)} unused real images "
+            f"({', '.join(map(str, per_generation))}) but the real pool has {have} (lower mix.real_fraction, "
+            f"mix.num_images, data.num_train or generations)"
+        )
+
+
 def _fresh_real(cfg: ChainConfig, run: RunDir, generation: int, count: int, size: int, into: Path) -> list[dict]:
     """Real images never used before: generation g reads the pool after those of 1..g-1."""
     pool = _records_of(run.real / "pool", into)

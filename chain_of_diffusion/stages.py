@@ -75,18 +75,29 @@ def grid_requests(cfg: ChainConfig, real_train: list[dict]) -> list[dict]:
     ]
 
 
-def stage_reference(cfg: ChainConfig, run: RunDir, out: Path) -> dict:
-    """Main process: the base model, the real-data classifier, held-out features, grid requests."""
-    if cfg.model.pretrained:
-        # a pretrained pipeline is not copied (gigabytes); the run records where it was found
-        folder = resolve_pretrained(cfg.model.pretrained)
-        load_pretrained(cfg.model.pretrained)  # fail here, before any training, if it cannot load
-        (out / "base.json").write_text(
-            json.dumps({"pretrained": cfg.model.pretrained, "folder": str(folder)}, indent=1) + "\n"
-        )
-    else:
-        base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"))
-        save_model(base, out / "base_model")
+def stage_reference(cfg: ChainConfig, run: RunDir, out: Path, accelerator: Accelerator) -> dict:
+    """Every process: held-out (and real training) features in the pretrained spaces the metrics
+    need, each process its share. Main process: the base model, the real-data classifier, the
+    held-out features of the cheap spaces, grid requests, the reference metrics."""
+    from chain_of_diffusion.metrics.evaluation import reference_stage_features
+    from chain_of_diffusion.metrics.suite import FeatureSpaces
+
+    if accelerator.is_main_process:
+        if cfg.model.pretrained:
+            # a pretrained pipeline is not copied (gigabytes); the run records where it was found
+            folder = resolve_pretrained(cfg.model.pretrained)
+            load_pretrained(cfg.model.pretrained)  # fail here, before any other work, if it cannot load
+            (out / "base.json").write_text(
+                json.dumps({"pretrained": cfg.model.pretrained, "folder": str(folder)}, indent=1) + "\n"
+            )
+        else:
+            base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"))
+            save_model(base, out / "base_model")
+    accelerator.wait_for_everyone()
+    pretrained_summary = reference_stage_features(cfg, run, out, accelerator,
+                                                  FeatureSpaces(cfg.metrics, device=accelerator.device))
+    if not accelerator.is_main_process:
+        return {}
     train_records = read_metadata(run.real / "train")
     requests = grid_requests(cfg, train_records)
     (out / "grid_requests.json").write_text(json.dumps(requests, indent=1) + "\n")
@@ -126,9 +137,7 @@ def stage_reference(cfg: ChainConfig, run: RunDir, out: Path) -> dict:
     if "fd_classifier" in cfg.metrics.names:
         summary[f"fd_{cfg.metrics.features}_reference"] = frechet_distance(train_features, heldout_features)
     summary["entropy_reference"] = knn_entropy(train_features, k=cfg.metrics.entropy_k)
-    from chain_of_diffusion.metrics.evaluation import inception_reference  # {} unless fid/kid_inception
-
-    summary.update(inception_reference(cfg, heldout, load_images(run.real / "train", train_records), out))
+    summary.update(pretrained_summary)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

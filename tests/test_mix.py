@@ -93,3 +93,19 @@ def test_real_images_kept_by_a_selection_are_not_trained_on_twice(run):
     records, stats = _mix(run, 1, "mix.real_fraction=0.5")
     assert len({r["file_name"] for r in records}) == len(records) == 10
     assert stats["num_real"] == 5 + sum(1 for r in records if r.get("score") == 1.0)
+
+
+def test_fresh_pool_too_small_is_refused_before_any_training(run, tmp_path):
+    from conftest import SMOKE, TINY_OVERRIDES, run_cli
+
+    from chain_of_diffusion.mix import check_fresh_pool
+
+    check_fresh_pool(load_config([], ["generations=3", "mix.policy=fresh", "mix.real_fraction=0.5"]), run)  # 5 + 5 <= 12
+    with pytest.raises(DataError, match=r"generations 1-3 need 15 unused real images \(5, 5, 5\) but the real pool has 12"):
+        check_fresh_pool(load_config([], ["generations=4", "mix.policy=fresh", "mix.real_fraction=0.5"]), run)
+    # through the entry point: one line, exit 2, and no generation was trained
+    out = tmp_path / "fresh"
+    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "data.max_images=150",
+                   "mix.policy=fresh", "mix.real_fraction=1.0", "generations=3")
+    assert proc.returncode == 2 and "real pool has" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "gen_00").exists()

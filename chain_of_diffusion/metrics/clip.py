@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -29,6 +30,37 @@ class Clip:
     preprocess: object  # PIL image -> (3, S, S) tensor
     tokenizer: object  # list[str] -> (N, 77) token ids
     device: torch.device
+
+
+def check_clip_weights(name: str, pretrained: str | None) -> None:
+    """Raise :class:`ClipWeightsError` (one line) where :func:`load_clip` could not find the weights,
+    without loading them: an unknown model or tag, a missing local file, or offline a tag whose
+    Hub files are not in the Hugging Face cache. Online, a cached-or-downloadable tag passes."""
+    import os
+
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ClipWeightsError(f"metrics.clip_model={name!r} is not an open-clip model (open_clip.list_models())")
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise ClipWeightsError(
+            f"metrics.clip_pretrained={pretrained!r}: neither a file nor an open-clip tag of {name} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    repo = (open_clip.get_pretrained_cfg(name, pretrained).get("hf_hub") or "").strip("/")
+    if not repo or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "false", "no", ""):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not any(isinstance(try_to_load_from_cache(repo, f), str)
+               for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
+        raise ClipWeightsError(
+            f"metrics.clip_pretrained={pretrained!r}: {name} weights are not in the Hugging Face cache and "
+            f"HF_HUB_OFFLINE is set; `hf download {repo}` where there is a network, or give a local checkpoint file"
+        )
 
 
 def load_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> Clip:

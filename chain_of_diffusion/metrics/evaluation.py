@@ -136,29 +136,49 @@ def sample_features_sharded(cfg, images: Tensor, records: Sequence[dict], out: P
     return out_features
 
 
-def inception_reference(cfg, heldout: Tensor, train: Tensor, out: Path, device=None) -> dict:
-    """``fid_inception_reference`` / ``kid_inception_reference`` (+ ``kid_inception_std_reference``):
-    the real training images against the held-out ones, the floor a generation's value is read against.
-    The held-out features are cached in ``out`` (the reference folder) for every later generation."""
+def _features_sharded(folder: Path, records: Sequence[dict], space: str, accelerator, spaces: FeatureSpaces) -> Tensor:
+    """Every process: features of its contiguous share of an image set in ``space``, gathered in
+    order: (N, D) on the main process (fixed-size batches: bit-identical for any process count)."""
+    with accelerator.split_between_processes(list(range(len(records)))) as mine:
+        images = load_images(folder, [records[i] for i in mine]) if len(mine) else None
+        feats = spaces(space, images) if images is not None else torch.empty(0, 0)
+    return _gather_rows(accelerator, feats) if accelerator.num_processes > 1 else feats
+
+
+def reference_stage_features(cfg, run, out: Path, accelerator, spaces: FeatureSpaces) -> dict:
+    """Called by every process in the reference stage: the held-out real images' features in every
+    pretrained space the metrics need (Inception, CLIP, DINOv2), extracted over processes and written
+    by the main process into ``out`` (the reference folder being built), where every generation's
+    evaluation reads them; and ``fid_inception_reference`` / ``kid_inception_reference`` (+
+    ``kid_inception_std_reference``), the real training set against the held-out one: the floor a
+    generation's value is read against. Returns that summary on the main process ({} elsewhere).
+    """
     from .kid import kernel_distance
     from .suite import fid_torch_fidelity
 
+    heldout_dir = run.real / "heldout"
+    heldout_records = read_metadata(heldout_dir)
+    held: dict[str, Tensor] = {}
+    for space in sample_spaces(cfg.metrics.names, cfg.metrics):
+        held[space] = _features_sharded(heldout_dir, heldout_records, space, accelerator, spaces)
+        if accelerator.is_main_process:
+            path = Path(out) / _cache_name(cfg, space)
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({"features": held[space].contiguous()}, str(tmp))
+            tmp.replace(path)
     names = set(cfg.metrics.names)
     if not names & {"fid_inception", "kid_inception"}:
         return {}
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    spaces = FeatureSpaces(cfg.metrics, device=device)
-    held = spaces("inception", heldout).contiguous()
-    path = Path(out) / _cache_name(cfg, "inception")
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": held}, str(tmp))
-    tmp.replace(path)
-    real = spaces("inception", train)
+    train_records = read_metadata(run.real / "train")
+    real = _features_sharded(run.real / "train", train_records, "inception", accelerator, spaces)
+    if not accelerator.is_main_process:
+        return {}
     summary = {}
     if "fid_inception" in names:
-        summary["fid_inception_reference"] = fid_torch_fidelity(real, held)
+        summary["fid_inception_reference"] = fid_torch_fidelity(real, held["inception"])
     if "kid_inception" in names:
-        mean, std = kernel_distance(real, held, subsets=cfg.metrics.kid_subsets, subset_size=cfg.metrics.kid_subset_size)
+        mean, std = kernel_distance(real, held["inception"], subsets=cfg.metrics.kid_subsets,
+                                    subset_size=cfg.metrics.kid_subset_size)
         summary["kid_inception_reference"], summary["kid_inception_std_reference"] = mean, std
     return summary
 

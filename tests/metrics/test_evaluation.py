@@ -119,6 +119,10 @@ def test_two_processes_give_the_same_inception_features_and_metrics(inception_ru
     one, _ = _features(inception_run / "gen_00" / "evaluation" / "features_inception.safetensors")
     two, _ = _features(out / "gen_00" / "evaluation" / "features_inception.safetensors")
     assert torch.equal(one, two)
+    # the held-out features of the reference stage are sharded over the processes too
+    held_one, _ = _features(inception_run / "reference" / "features_inception.safetensors")
+    held_two, _ = _features(out / "reference" / "features_inception.safetensors")
+    assert held_one.shape[0] == 16 and torch.equal(held_one, held_two)
     first = (inception_run / "metrics.jsonl").read_text().splitlines()[0]
     assert (out / "metrics.jsonl").read_text().splitlines()[0] == first
 

@@ -52,3 +52,16 @@ def test_inception_features_without_weights_name_the_key_and_the_spaces_that_wor
     cfg = load_config([], ["select.method=greedy_entropy", "select.features=inception",
                            f"metrics.inception_weights={weights}"])
     assert cfg.select.features == "inception"
+
+
+def test_clip_features_without_weights_fail_before_the_run(tmp_path):
+    # offline (the tests set HF_HUB_OFFLINE) and ViT-B-32/openai is not in this machine's Hub cache
+    with pytest.raises(ConfigError, match=r"select\.features.*hf download timm/vit_base_patch32_clip_224\.openai") as err:
+        load_config([], ["select.method=threshold_decay", "select.features=clip"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="tags: openai"):
+        load_config([], ["select.method=greedy_entropy", "select.features=clip", "metrics.clip_pretrained=nonsense"])
+    weights = tmp_path / "clip.pt"
+    weights.write_bytes(b"x")  # a local checkpoint file: only its existence is checked before the run
+    cfg = load_config([], ["select.method=greedy_entropy", "select.features=clip", f"metrics.clip_pretrained={weights}"])
+    assert cfg.select.features == "clip"
