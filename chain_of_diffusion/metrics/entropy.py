@@ -31,7 +31,9 @@ def knn_entropy(features: Tensor, k: int = 1, chunk_size: int = 2048) -> float:
 
     with r_k(i) the distance from point i to its k-th nearest *other* point (Kozachenko &
     Leonenko 1987; Kraskov et al. 2004) and c_d the unit d-ball volume. Distances are floored at
-    :data:`MIN_DISTANCE` so duplicates give a finite value.
+    :data:`MIN_DISTANCE` so duplicates give a finite value. The k-NN search is the symmetric one
+    of :func:`knn_distances` (N^2 D / 2 matmul flops; 50,000 x 384 is ~1 TFLOP), in blocks of
+    ``chunk_size`` x ``chunk_size`` distances.
 
     Args:
         features: (N, D) with N >= k + 1.

@@ -13,6 +13,14 @@ def test_standard_gaussian_2d():
     assert knn_entropy(x, k=3) == pytest.approx(expected, abs=0.1)
 
 
+@pytest.mark.parametrize("dim", [2, 8])
+def test_isotropic_gaussian_within_5_percent(dim):
+    sigma = 1.7
+    x = sigma * torch.randn(20_000, dim, generator=torch.Generator().manual_seed(dim))
+    expected = 0.5 * dim * math.log(2 * math.pi * math.e * sigma**2)
+    assert knn_entropy(x) == pytest.approx(expected, rel=0.05)
+
+
 def test_scaling_adds_d_log_s():
     x = torch.randn(2000, 3, generator=torch.Generator().manual_seed(1))
     # H(sX) = H(X) + d log s, exactly for the estimator as well.
@@ -25,6 +33,11 @@ def test_duplicates_are_finite_and_lower():
     h_dup = knn_entropy(dup)
     assert math.isfinite(h_dup)
     assert h_dup < knn_entropy(x)
+
+
+def test_all_identical_is_finite():
+    h = knn_entropy(torch.full((30, 5), 2.5))
+    assert math.isfinite(h) and h < -50
 
 
 def test_needs_k_plus_one_points():

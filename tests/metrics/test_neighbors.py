@@ -31,6 +31,38 @@ def test_exclude_self_matches_brute_force_and_keeps_duplicates():
     assert knn_distances(x, x, k=1)[:, 0].abs().max() == 0  # without exclusion, self is nearest
 
 
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.parametrize("chunk_size", [16, 100, 300, 5000])
+def test_symmetric_path_equals_plain_path(k, exclude_self, chunk_size):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(333, 12, generator=gen) + 3.0
+    x[7] = x[200]  # duplicates: exactly 0 either way
+    sym = knn_distances(x, x, k=k, chunk_size=chunk_size, exclude_self=exclude_self, symmetric=True)
+    plain = knn_distances(x, x, k=k, chunk_size=chunk_size, exclude_self=exclude_self, symmetric=False)
+    assert torch.equal(sym, plain)
+    torch.testing.assert_close(sym, brute_force(x, x, k, exclude_self=exclude_self), atol=1e-5, rtol=1e-5)
+    assert sym[7, 0] == 0 and sym[200, 0] == 0
+
+
+def test_symmetric_is_the_default_for_a_self_search_over_several_blocks(monkeypatch):
+    from chain_of_diffusion.metrics import neighbors
+
+    calls = []
+    real = neighbors._knn_indices_symmetric
+    monkeypatch.setattr(neighbors, "_knn_indices_symmetric", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(6))
+    knn_distances(x, x, k=2, chunk_size=16)
+    knn_distances(x, x, k=2, chunk_size=16, exclude_self=True)
+    assert len(calls) == 2
+    knn_distances(x, x, k=2)  # one block: the plain path does the same work
+    knn_distances(x, x.clone(), k=2, chunk_size=16)
+    knn_distances(x, x, k=2, chunk_size=16, symmetric=False)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="symmetric"):
+        knn_distances(x, x[:10], k=1, symmetric=True)
+
+
 def test_k_too_large_is_an_error():
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match="k=4"):
