@@ -209,6 +209,31 @@ def selection_space(cfg: ChainConfig) -> str:
     return "classifier" if cfg.metrics.features == "classifier" else "unet"
 
 
+def _check_weights(space: str, mcfg: MetricsConfig) -> None:
+    """A one-line error naming ``select.features`` where the pretrained network of ``space`` has no
+    weights here (files are looked for, nothing is loaded)."""
+    # late imports: they pull in torch, which a config check should not pay for otherwise
+    if space == "inception":
+        from chain_of_diffusion.metrics.inception import find_inception_weights
+
+        check = lambda: find_inception_weights(mcfg.inception_weights)  # noqa: E731
+    elif space == "clip":
+        from chain_of_diffusion.metrics.clip import check_clip_weights
+
+        check = lambda: check_clip_weights(mcfg.clip_model, mcfg.clip_pretrained)  # noqa: E731
+    else:
+        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model
+
+        check = lambda: find_dinov2_model(mcfg.dinov2_model)  # noqa: E731
+    try:
+        check()
+    except ConfigError as err:
+        raise ConfigError(
+            f"config key 'select.features': {space!r} has no weights here ({err}); "
+            f"spaces that need none: pixels, classifier, unet"
+        ) from None
+
+
 def validate(cfg: ChainConfig) -> None:
     """Range and choice checks that the type system cannot express."""
     _at_least("generations", cfg.generations, 1)
@@ -299,30 +324,8 @@ def validate(cfg: ChainConfig) -> None:
     _choice("select.features", sel.features, SELECT_FEATURES)
     _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
     space = selection_space(cfg)
-    if space == "inception" and sel.method in ("greedy_entropy", "threshold_decay"):
-        from chain_of_diffusion.metrics.inception import find_inception_weights  # late: imports torch
-
-        try:
-            find_inception_weights(cfg.metrics.inception_weights)
-        except ConfigError as err:
-            raise ConfigError(
-                f"config key 'select.features': 'inception' has no weights here ({err}); "
-                f"spaces that need none: pixels, classifier, unet"
-            ) from None
-    if space == "clip" and sel.method in ("greedy_entropy", "threshold_decay"):
-        from chain_of_diffusion.metrics.clip import check_clip_weights  # late: imports torch
-
-        try:
-            check_clip_weights(cfg.metrics.clip_model, cfg.metrics.clip_pretrained)
-        except ConfigError as err:
-            raise ConfigError(
-                f"config key 'select.features': 'clip' has no weights here ({err}); "
-                f"spaces that need none: pixels, classifier, unet"
-            ) from None
-    if space == "dinov2" and sel.method in ("greedy_entropy", "threshold_decay"):
-        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model  # late: imports torch
-
-        find_dinov2_model(cfg.metrics.dinov2_model)  # one line naming metrics.dinov2_model without it
+    if space in ("inception", "clip", "dinov2") and sel.method in ("greedy_entropy", "threshold_decay"):
+        _check_weights(space, cfg.metrics)
     _at_least("select.latent_k", sel.latent_k, 1)
     _at_least("select.latent_folds", sel.latent_folds, 1)
     uses_unet = sel.method == "latent" or (space == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))

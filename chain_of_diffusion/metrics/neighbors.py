@@ -91,6 +91,21 @@ def _sub_minima(d: Tensor, sub: int, dim: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
+def _upper_blocks(left: Tensor, right: Tensor, block: int, buf: Tensor, exclude_self: bool):
+    """Yields (rows_i, rows_j, d) for every block pair j >= i of the (N, N) squared-distance matrix
+    of a set against itself: d is the (|i|, |j|) block (a view of ``buf``, valid until the next
+    pair), with the self-distances on the diagonal blocks set to inf when ``exclude_self``."""
+    n = left.shape[0]
+    for si in range(0, n, block):
+        rows_i = slice(si, min(si + block, n))
+        for sj in range(si, n, block):
+            rows_j = slice(sj, min(sj + block, n))
+            d = _block_sq_dists(left[rows_i], right[rows_j], buf)
+            if sj == si and exclude_self:
+                d.fill_diagonal_(float("inf"))
+            yield rows_i, rows_j, d
+
+
 def _nearest_symmetric(x: Tensor, block: int, exclude_self: bool) -> Tensor:
     """Index (N, 1) of the nearest row of x (N, D) to each row (k = 1), by the fast expansion.
 
@@ -111,16 +126,10 @@ def _nearest_symmetric(x: Tensor, block: int, exclude_self: bool) -> Tensor:
         best_v[rows] = torch.where(better, v, best_v[rows])
         best_at[rows] = torch.where(better, first + run * sub, best_at[rows])
 
-    for si in range(0, n, block):
-        rows_i = slice(si, min(si + block, n))
-        for sj in range(si, n, block):
-            rows_j = slice(sj, min(sj + block, n))
-            d = _block_sq_dists(left[rows_i], right[rows_j], buf)
-            if sj == si and exclude_self:
-                d.fill_diagonal_(float("inf"))
-            fold(rows_i, _sub_minima(d, sub, dim=1), sj)
-            if sj != si:
-                fold(rows_j, _sub_minima(d, sub, dim=0).T, si)
+    for rows_i, rows_j, d in _upper_blocks(left, right, block, buf, exclude_self):
+        fold(rows_i, _sub_minima(d, sub, dim=1), rows_j.start)
+        if rows_j != rows_i:
+            fold(rows_j, _sub_minima(d, sub, dim=0).T, rows_i.start)
     out = torch.empty(n, 1, dtype=torch.long, device=x.device)
     order = torch.argsort(best_at, stable=True)
     starts, counts = torch.unique_consecutive(best_at[order], return_counts=True)
@@ -152,18 +161,12 @@ def _knn_indices_symmetric(x: Tensor, k: int, block: int, exclude_self: bool) ->
     buf = torch.empty(min(block, n) ** 2, dtype=torch.float32, device=x.device)
     best_v = torch.full((n, k), float("inf"), dtype=torch.float32, device=x.device)
     best_i = torch.zeros((n, k), dtype=torch.long, device=x.device)
-    for si in range(0, n, block):
-        rows_i = slice(si, min(si + block, n))
-        for sj in range(si, n, block):
-            rows_j = slice(sj, min(sj + block, n))
-            d = _block_sq_dists(left[rows_i], right[rows_j], buf)
-            if sj == si and exclude_self:
-                d.fill_diagonal_(float("inf"))
-            v, i = _smallest(d, k, dim=1)
-            _merge_smallest(best_v[rows_i], best_i[rows_i], v, i + sj)
-            if sj != si:
-                v, i = _smallest(d, k, dim=0)
-                _merge_smallest(best_v[rows_j], best_i[rows_j], v, i + si)
+    for rows_i, rows_j, d in _upper_blocks(left, right, block, buf, exclude_self):
+        v, i = _smallest(d, k, dim=1)
+        _merge_smallest(best_v[rows_i], best_i[rows_i], v, i + rows_j.start)
+        if rows_j != rows_i:
+            v, i = _smallest(d, k, dim=0)
+            _merge_smallest(best_v[rows_j], best_i[rows_j], v, i + rows_i.start)
     return best_i
 
 
