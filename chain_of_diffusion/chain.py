@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
+from chain_of_diffusion.errors import LaunchError
 from chain_of_diffusion.mix import check_fresh_pool
 from chain_of_diffusion.runs import (
     ONCE_STAGES,
@@ -33,9 +34,6 @@ from chain_of_diffusion.runs import (
 
 log = logging.getLogger("chain_of_diffusion")
 
-
-class LaunchError(RuntimeError):
-    """The processes were launched in a way that cannot work (one line for the terminal)."""
 
 
 @dataclass

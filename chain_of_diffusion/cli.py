@@ -29,18 +29,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from chain_of_diffusion.chain import LaunchError
-    from chain_of_diffusion.config import ConfigError
-    from chain_of_diffusion.data.imageset import ImageSetError
-    from chain_of_diffusion.data.sources import DataError
-    from chain_of_diffusion.models.build import ModelLoadError
-    from chain_of_diffusion.runs import RunDirError
-    from chain_of_diffusion.train import TrainingError
-
-    return (ConfigError, DataError, ImageSetError, RunDirError, LaunchError, TrainingError, ModelLoadError)
-
-
 def _quiet_libraries() -> None:
     import diffusers
     import transformers
@@ -66,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from chain_of_diffusion.chain import planned_stages, run_chain
     from chain_of_diffusion.config import ConfigError, load_config, to_yaml
+    from chain_of_diffusion.errors import BAD_INPUT as bad_input
     from chain_of_diffusion.runs import RunDir
-
-    bad_input = _bad_input_errors()
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:

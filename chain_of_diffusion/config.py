@@ -15,10 +15,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-
-class ConfigError(ValueError):
-    """A bad config value or key; the message is one line meant for the terminal."""
-
+from chain_of_diffusion.errors import ConfigError
 
 DATA_SOURCES = ("digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist")
 ARCHS = ("tiny", "small", "sd15", "tiny_sd")

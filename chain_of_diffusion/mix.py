@@ -12,7 +12,7 @@ import torch
 
 from chain_of_diffusion.config import ChainConfig
 from chain_of_diffusion.data.imageset import read_metadata, relative_file_name
-from chain_of_diffusion.data.sources import DataError
+from chain_of_diffusion.errors import DataError
 from chain_of_diffusion.runs import RunDir
 from chain_of_diffusion.seeding import generator
 

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from chain_of_diffusion.errors import RunDirError
+
 STAGES = ("mix", "train", "generate", "select", "evaluate")
 # stages run once per chain, before generation 0 (generation=None below); folder = stage name
 ONCE_STAGES = ("real", "reference")
@@ -27,9 +29,6 @@ STAGE_FOLDERS = {
     "evaluate": "evaluation",
 }
 
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be used (held by another process, different config)."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -32,6 +32,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 
 from chain_of_diffusion.config import TrainConfig
+from chain_of_diffusion.errors import TrainingError
 from chain_of_diffusion.objectives import OBJECTIVES, min_snr_weights, mse_loss
 from chain_of_diffusion.seeding import generator
 
@@ -39,9 +40,6 @@ log = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"  # what a partial (LoRA) checkpoint holds of the model
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, bad batch layout); one line for the terminal."""
 
 
 @dataclass

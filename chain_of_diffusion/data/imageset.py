@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from chain_of_diffusion.errors import ImageSetError
+
 METADATA = "metadata.jsonl"
 
-
-class ImageSetError(ValueError):
-    """A broken image set; the message names the file."""
 
 
 def write_metadata(folder: str | Path, records: Iterable[dict]) -> Path:

@@ -28,14 +28,12 @@ from PIL import Image
 from chain_of_diffusion.config import DataConfig
 from chain_of_diffusion.data.imageset import METADATA, ImageSetError, read_metadata
 from chain_of_diffusion.data.transforms import to_resolution
+from chain_of_diffusion.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SKIP_HINT = "set data.on_error=skip to skip such files"
 
-
-class DataError(ValueError):
-    """A real-data problem; the one-line message names the file or config key (the CLI exits 2)."""
 
 
 log = logging.getLogger(__name__)

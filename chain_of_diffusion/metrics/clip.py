@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.errors import ConfigError
 
 
 class ClipWeightsError(ConfigError):

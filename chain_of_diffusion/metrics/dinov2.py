@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.errors import ConfigError
 
 DEFAULT_MODEL = "facebook/dinov2-large"
 INPUT_SIZE = 224

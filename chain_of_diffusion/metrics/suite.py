@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.errors import ConfigError
 
 from . import METRIC_NAMES
 from .drift import drift_statistics

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from chain_of_diffusion.config import ConfigError
+from chain_of_diffusion.errors import ConfigError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 WANDB_PROJECT = "chain-of-diffusion"

@@ -21,12 +21,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from chain_of_diffusion.batching import TEXT_ROWS, VAE_ROWS, fixed_batches
 from chain_of_diffusion.config import ModelConfig
+from chain_of_diffusion.errors import ModelLoadError
 
 MAX_TOKENS = 77  # CLIP's context length, as Stable Diffusion uses it
 
-
-class ModelLoadError(RuntimeError):
-    """A checkpoint folder or pretrained id that cannot be loaded; one line for the terminal."""
 
 
 @dataclass
