@@ -21,10 +21,7 @@ from typing import Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
 from chain_of_diffusion.errors import LaunchError
-from chain_of_diffusion.mix import check_fresh_pool
 from chain_of_diffusion.runs import (
-    ONCE_STAGES,
-    STAGES,
     RunDir,
     RunDirError,
     atomic_write_json,
@@ -45,13 +42,20 @@ class ChainResult:
 
 def planned_stages(cfg: ChainConfig, run: Optional[RunDir] = None) -> list[tuple[str, bool]]:
     """Every stage of the chain in order, with whether it is already finished on disk."""
-    plan = []
-    for stage in ONCE_STAGES:
-        plan.append((stage, bool(run and run.is_done(None, stage))))
-    for g in range(cfg.generations):
-        for stage in STAGES:
-            plan.append((f"gen {g} {stage}", bool(run and run.is_done(g, stage))))
-    return plan
+    from chain_of_diffusion.stages import REGISTRY
+
+    return [(_label(stage, g), bool(run and run.is_done(g, stage.folder))) for stage, g in _schedule(cfg, REGISTRY)]
+
+
+def _schedule(cfg: ChainConfig, registry) -> list[tuple]:
+    """(stage, generation) in the order they run; generation None for the once-per-chain stages."""
+    before = [(s, None) for s in registry if s.when == "before"]
+    per_generation = [(s, g) for g in range(cfg.generations) for s in registry if s.when == "per_generation"]
+    return before + per_generation + [(s, None) for s in registry if s.when == "after"]
+
+
+def _label(stage, generation: Optional[int]) -> str:
+    return stage.name if generation is None else f"gen {generation} {stage.name}"
 
 
 def _env_info(accelerator) -> dict:
@@ -154,7 +158,7 @@ def metrics_table(rows: list[dict], keys: Optional[list[str]] = None) -> str:
 def collect_metrics(run: RunDir, generations: int) -> list[dict]:
     rows = []
     for g in range(generations):
-        m = read_json(run.stage_path(g, "evaluate") / "metrics.json")
+        m = read_json(run.stage_path(g, "evaluation") / "metrics.json")
         if m is not None:
             rows.append(m)
     return rows
@@ -169,7 +173,7 @@ def write_derived(run: RunDir, cfg: ChainConfig) -> list[dict]:
     reference = read_json(run.reference / "metrics.json", {})
     for row in rows:
         g = row["generation"]
-        evaluation = run.stage_path(g, "evaluate")
+        evaluation = run.stage_path(g, "evaluation")
         atomic_write_json(run.gen(g) / "metrics.json", row)
         if (evaluation / "grid.png").exists():
             shutil.copyfile(evaluation / "grid.png", run.gen(g) / "grid.png")
@@ -186,7 +190,7 @@ def _log_to_tracker(run: RunDir, cfg: ChainConfig, rows: list[dict]) -> None:
         return
     from chain_of_diffusion.metrics.tracking import log_pending
 
-    grids = {row["generation"]: run.stage_path(row["generation"], "evaluate") / "grid.png" for row in rows}
+    grids = {row["generation"]: run.stage_path(row["generation"], "evaluation") / "grid.png" for row in rows}
     log_pending(cfg.metrics.tracker, run.root, rows, grids)
 
 
@@ -194,12 +198,14 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     """Run (or resume) the chain described by ``cfg``. Every process calls this."""
     from accelerate import Accelerator
 
-    from chain_of_diffusion import stages
+    from chain_of_diffusion.stages import REGISTRY, StageContext
+    from chain_of_diffusion.stages.base import check
 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
     check_launch(accelerator, cfg)
     main = accelerator.is_main_process
     run = RunDir(cfg.output_dir)
+    ctx = StageContext(cfg, run, accelerator)
     say = echo if main else (lambda *a, **k: None)
     if main:
         run.acquire_lock()
@@ -223,60 +229,13 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
             say(f"resuming {run.root}: {done_count} of {len(plan)} stages already finished")
         state = run.load_state()
         ran: list[str] = []
-
-        def once(name: str, fn, every_process: bool = False) -> None:
-            if run.is_done(None, name):
-                return
-            started = time.time()
-            say(f"[{name}] ...")
-            if main:
-                run.fresh_tmp(None, name)
-            accelerator.wait_for_everyone()
-            tmp = run.tmp_stage_path(None, name)
-            summary = fn(tmp) if main or every_process else None
-            if main:
-                run.commit_stage(state, None, name, tmp)
-                log.info("%s done in %.1fs: %s", name, time.time() - started, summary)
-            accelerator.wait_for_everyone()
-            ran.append(name)
-
-        once("real", lambda tmp: stages.stage_real(cfg, tmp))
-        check_fresh_pool(cfg, run)  # every process: all stop alike, before any training
-        once("reference", lambda tmp: stages.stage_reference(cfg, run, tmp, accelerator), every_process=True)
-
-        for g in range(cfg.generations):
-            for stage in STAGES:
-                if run.is_done(g, stage):
-                    continue
-                started = time.time()
-                say(f"[gen {g}/{cfg.generations - 1}] {stage} ...")
-                if main:
-                    run.fresh_tmp(g, stage)
-                accelerator.wait_for_everyone()
-                tmp = run.tmp_stage_path(g, stage)
-                if stage == "mix":
-                    summary = stages.stage_mix(cfg, run, g, tmp) if main else None
-                elif stage == "train":
-                    result = stages.stage_train(cfg, run, g, tmp, accelerator)
-                    summary = f"loss {result['final_loss']:.4f}"
-                elif stage == "generate":
-                    summary = f"{stages.stage_generate(cfg, run, g, tmp, accelerator)} images"
-                elif stage == "select":
-                    summary = stages.stage_select(cfg, run, g, tmp) if main else None
-                else:
-                    summary = stages.stage_evaluate(cfg, run, g, tmp, accelerator)
-                if main:
-                    run.commit_stage(state, g, stage, tmp)
-                    seconds = time.time() - started
-                    state.setdefault("seconds", {}).setdefault(str(g), {})[stage] = round(seconds, 2)
-                    run.save_state(state)
-                    if stage == "train":
-                        stages.remove_train_checkpoints(run, g)
-                    log.info("gen %d %s done in %.1fs: %s", g, stage, seconds, summary)
-                    say(f"[gen {g}/{cfg.generations - 1}] {stage} done in {seconds:.0f}s")
-                accelerator.wait_for_everyone()
-                ran.append(f"gen {g} {stage}")
-            if main:
+        last_per_generation = [s for s in REGISTRY if s.when == "per_generation"][-1]
+        for stage, g in _schedule(cfg, REGISTRY):
+            if not run.is_done(g, stage.folder):
+                _run_stage(ctx, stage, g, state, say)
+                ran.append(_label(stage, g))
+            check(stage, ctx)
+            if main and stage is last_per_generation:
                 _log_to_tracker(run, cfg, write_derived(run, cfg))
         rows = write_derived(run, cfg) if main else []
         if main:
@@ -289,3 +248,37 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     finally:
         if main:
             run.release_lock()
+
+
+def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
+    """Run one stage into a fresh temporary folder and commit it (every process calls this)."""
+    from chain_of_diffusion.stages.base import after_commit
+
+    run, accelerator, main = ctx.run, ctx.accelerator, ctx.accelerator.is_main_process
+    cfg = ctx.cfg
+    where = f"[gen {generation}/{cfg.generations - 1}] {stage.name}" if generation is not None else f"[{stage.name}]"
+    started = time.time()
+    say(f"{where} ...")
+    if main:
+        run.fresh_tmp(generation, stage.folder)
+    accelerator.wait_for_everyone()
+    tmp = run.tmp_stage_path(generation, stage.folder)
+    summary = stage.run(ctx, generation, tmp) if main or stage.every_process else None
+    if main:
+        run.commit_stage(state, generation, stage.folder, tmp, name=stage.name)
+        seconds = time.time() - started
+        if generation is not None:
+            state.setdefault("seconds", {}).setdefault(str(generation), {})[stage.name] = round(seconds, 2)
+            run.save_state(state)
+        after_commit(stage, ctx, generation)
+        log.info("%s done in %.1fs: %s", where, seconds, _brief(summary))
+        if generation is not None:
+            say(f"{where} done in {seconds:.0f}s")
+    accelerator.wait_for_everyone()
+
+
+def _brief(summary) -> dict:
+    """The scalars of a stage's summary, for one log line."""
+    if not isinstance(summary, dict):
+        return summary
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -69,7 +69,7 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
         size = cfg.mix.num_images or len(real_train)
         fraction = real_fraction_at(cfg, generation)
         num_real = round(fraction * size)
-        previous = _records_of(run.stage_path(generation - 1, "select"), into)
+        previous = _records_of(run.stage_path(generation - 1, "selected"), into)
         policy = cfg.mix.policy
         if policy in ("replace", "fresh"):
             synthetic = _draw(previous, size - num_real, cfg.seed, "mix-synthetic", generation)
@@ -84,7 +84,7 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
         else:
             pool = list(real_train)
             for g in range(generation):
-                pool += _records_of(run.stage_path(g, "select"), into)
+                pool += _records_of(run.stage_path(g, "selected"), into)
             pool = _unique(pool)
             if policy == "accumulate":
                 records = pool

@@ -7,43 +7,44 @@ leaves either the old state or the new one, never half a stage.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 from chain_of_diffusion.errors import RunDirError
 
-STAGES = ("mix", "train", "generate", "select", "evaluate")
-# stages run once per chain, before generation 0 (generation=None below); folder = stage name
-ONCE_STAGES = ("real", "reference")
-# the folder each stage produces inside gen_XX/
-STAGE_FOLDERS = {
-    "mix": "train_set",
-    "train": "model",
-    "generate": "samples",
-    "select": "selected",
-    "evaluate": "evaluation",
-}
 
+@contextlib.contextmanager
+def atomic_replace(path: str | Path) -> Iterator[Path]:
+    """Write a file atomically: yields a temporary path beside ``path`` (same suffix, so writers
+    that pick a format by suffix still work); when the block ends without error the file is
+    flushed to disk and renamed over ``path``, otherwise removed. Readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_replace(path) as tmp:
+        tmp.write_text(text)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int = 2, sort_keys: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -89,14 +90,15 @@ class RunDir:
     def gen(self, generation: int) -> Path:
         return self.root / f"gen_{generation:02d}"
 
-    def stage_path(self, generation: Optional[int], stage: str) -> Path:
-        """The folder a stage produces; ``generation=None`` for the once-per-chain stages."""
+    def stage_path(self, generation: Optional[int], folder: str) -> Path:
+        """``gen_XX/<folder>``, or ``<root>/<folder>`` for ``generation=None`` (the stages run once
+        per chain). Each stage names its folder (:mod:`chain_of_diffusion.stages`)."""
         if generation is None:
-            return self.root / stage
-        return self.gen(generation) / STAGE_FOLDERS[stage]
+            return self.root / folder
+        return self.gen(generation) / folder
 
-    def tmp_stage_path(self, generation: Optional[int], stage: str) -> Path:
-        final = self.stage_path(generation, stage)
+    def tmp_stage_path(self, generation: Optional[int], folder: str) -> Path:
+        final = self.stage_path(generation, folder)
         return final.with_name(f".tmp_{final.name}")
 
     # ---- lock ---------------------------------------------------------------------------
@@ -138,23 +140,26 @@ class RunDir:
     def save_state(self, state: dict) -> None:
         atomic_write_json(self.state_path, state)
 
-    def is_done(self, generation: Optional[int], stage: str) -> bool:
+    def is_done(self, generation: Optional[int], folder: str) -> bool:
         # the rename into place is the commit point; state.json follows it and may lag by one
         # stage after a kill, so the folder is what decides
-        return self.stage_path(generation, stage).exists()
+        return self.stage_path(generation, folder).exists()
 
-    def fresh_tmp(self, generation: Optional[int], stage: str) -> Path:
+    def fresh_tmp(self, generation: Optional[int], folder: str) -> Path:
         """An empty temporary folder for a stage (leftovers of a killed attempt removed)."""
-        tmp = self.tmp_stage_path(generation, stage)
+        tmp = self.tmp_stage_path(generation, folder)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit_stage(self, state: dict, generation: Optional[int], stage: str, tmp: Optional[Path] = None) -> None:
-        """Rename the stage's temp folder into place, then record the stage in ``state.json``."""
-        tmp = tmp or self.tmp_stage_path(generation, stage)
-        final = self.stage_path(generation, stage)
+    def commit_stage(self, state: dict, generation: Optional[int], folder: str, tmp: Optional[Path] = None,
+                     *, name: Optional[str] = None) -> None:
+        """Rename the stage's temp folder into place, then record the stage (``name``, default
+        ``folder``) in ``state.json``."""
+        tmp = tmp or self.tmp_stage_path(generation, folder)
+        final = self.stage_path(generation, folder)
+        stage = name or folder
         if final.exists():
             # only reachable when state.json lost the stage (killed between rename and save):
             # the folder is complete, so the old one is the same result; keep it

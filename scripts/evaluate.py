@@ -78,14 +78,14 @@ def evaluate_run(run_dir: str, names: list[str] | None, overrides: list[str]) ->
         raise RunDirError(f"{run_dir}: not a chain run directory (no config.yaml)")
     cfg = load_config([run.config_path], overrides)
     names = check_names(names or list(cfg.metrics.names))
-    done = [g for g in range(cfg.generations) if run.is_done(g, "evaluate")]
+    done = [g for g in range(cfg.generations) if run.is_done(g, "evaluation")]
     if not done:
         raise RunDirError(f"{run_dir}: no generation has finished its evaluate stage yet")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run.acquire_lock()  # a chain writing this run at the same time would race on metrics.json
     try:
         for g in done:
-            path = run.stage_path(g, "evaluate") / "metrics.json"
+            path = run.stage_path(g, "evaluation") / "metrics.json"
             row = {**read_json(path, {}), **evaluate_generation(cfg, run, g, names, device=device)}
             row["generation"] = g
             atomic_write_json(path, row)

@@ -26,7 +26,7 @@ def run(tmp_path) -> RunDir:
     _image_set(run.real / "pool", 12, "real", -1, "pool")
     for g in range(3):
         _image_set(run.gen(g) / "samples", 10, "synthetic", g, f"gen{g}")
-        write_metadata(run.stage_path(g, "select"),
+        write_metadata(run.stage_path(g, "selected"),
                        [{**r, "file_name": f"../samples/{r['file_name']}"} for r in read_metadata(run.gen(g) / "samples")])
     return run
 
@@ -85,8 +85,8 @@ def test_real_images_kept_by_a_selection_are_not_trained_on_twice(run):
     # the latent filter keeps real training images: its selected set has records pointing at them
     kept_real = [{**r, "file_name": f"../../real/train/{r['file_name']}", "score": 1.0}
                  for r in read_metadata(run.real / "train")[:4]]
-    kept = kept_real + read_metadata(run.stage_path(0, "select"))[:6]
-    write_metadata(run.stage_path(0, "select"), kept)
+    kept = kept_real + read_metadata(run.stage_path(0, "selected"))[:6]
+    write_metadata(run.stage_path(0, "selected"), kept)
     records, stats = _mix(run, 1, "mix.policy=accumulate")
     assert len(records) == 16 and len({r["file_name"] for r in records}) == 16  # 10 real + 6 new synthetic
     assert stats["num_real"] == 10

@@ -15,11 +15,11 @@ def test_atomic_json_round_trip(tmp_path):
 def test_commit_stage_renames_and_records(tmp_path):
     run = RunDir(tmp_path)
     state = run.load_state()
-    tmp = run.fresh_tmp(0, "generate")
+    tmp = run.fresh_tmp(0, "samples")
     (tmp / "000000.png").write_bytes(b"x")
-    assert not run.is_done(0, "generate")
-    run.commit_stage(state, 0, "generate", tmp)
-    assert run.is_done(0, "generate")
+    assert not run.is_done(0, "samples")
+    run.commit_stage(state, 0, "samples", tmp, name="generate")
+    assert run.is_done(0, "samples")
     assert (run.gen(0) / "samples" / "000000.png").read_bytes() == b"x"
     assert not tmp.exists()
     assert json.loads(run.state_path.read_text())["done"] == {"0": ["generate"]}
@@ -28,20 +28,20 @@ def test_commit_stage_renames_and_records(tmp_path):
 def test_commit_never_overwrites_a_finished_stage(tmp_path):
     run = RunDir(tmp_path)
     state = run.load_state()
-    first = run.fresh_tmp(1, "train")
+    first = run.fresh_tmp(1, "model")
     (first / "w").write_text("first")
-    run.commit_stage(state, 1, "train", first)
-    second = run.fresh_tmp(1, "train")
+    run.commit_stage(state, 1, "model", first, name="train")
+    second = run.fresh_tmp(1, "model")
     (second / "w").write_text("second")
-    run.commit_stage(state, 1, "train", second)
+    run.commit_stage(state, 1, "model", second, name="train")
     assert (run.gen(1) / "model" / "w").read_text() == "first"
 
 
 def test_fresh_tmp_clears_a_killed_attempt(tmp_path):
     run = RunDir(tmp_path)
-    tmp = run.fresh_tmp(0, "mix")
+    tmp = run.fresh_tmp(0, "train_set")
     (tmp / "half").write_text("partial")
-    assert list(run.fresh_tmp(0, "mix").iterdir()) == []
+    assert list(run.fresh_tmp(0, "train_set").iterdir()) == []
 
 
 def test_lock_refuses_a_second_holder(tmp_path):

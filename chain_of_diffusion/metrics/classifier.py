@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -244,3 +245,10 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
     model = FeatureClassifier(**config)
     model.load_state_dict(load_file(folder / WEIGHTS_NAME))
     return model.to(device).eval()
+
+
+def cheap_features(classifier: Optional[torch.nn.Module], images: torch.Tensor) -> torch.Tensor:
+    """(N, D) features of ``metrics.features``: the classifier's where there is one, else the pixels."""
+    if classifier is None:
+        return images.flatten(1)
+    return extract_features(classifier, images)

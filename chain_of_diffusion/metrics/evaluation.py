@@ -205,9 +205,9 @@ def evaluated_sample_records(cfg, run, generation: int) -> list[dict]:
     many images as a variant without oversampling, so metrics that depend on the sample count
     (Fréchet distances above all) compare across variants.
     """
-    from chain_of_diffusion.stages import selection_budget  # late: stages imports this module
+    from chain_of_diffusion.requests import selection_budget
 
-    records = read_metadata(run.stage_path(generation, "generate"))
+    records = read_metadata(run.stage_path(generation, "samples"))
     budget = selection_budget(cfg, run)
     return [r for r in records if int(r.get("index", 0)) < budget]
 
@@ -225,7 +225,7 @@ def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifi
     names = check_names(names)
     if not names:
         return {}
-    samples_dir = run.stage_path(generation, "generate")
+    samples_dir = run.stage_path(generation, "samples")
     records = evaluated_sample_records(cfg, run, generation)
     samples = load_images(samples_dir, records)
     if classifier is None and cfg.metrics.features == "classifier" and (run.reference / "classifier").exists():
@@ -235,9 +235,9 @@ def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifi
     spaces = spaces or FeatureSpaces(cfg.metrics, classifier=classifier, device=device)
     train = None
     if {"memorization", "generalization", "entropy"} & set(names):
-        train_dir = run.stage_path(generation, "mix")
+        train_dir = run.stage_path(generation, "train_set")
         train = load_images(train_dir, read_metadata(train_dir))
-    feature_dir = Path(feature_dir) if feature_dir is not None else run.stage_path(generation, "evaluate")
+    feature_dir = Path(feature_dir) if feature_dir is not None else run.stage_path(generation, "evaluation")
     key = image_set_key(records)
     given = dict(sample_features or {})
     for space in sample_spaces(names, cfg.metrics):

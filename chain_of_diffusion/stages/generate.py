@@ -1,0 +1,29 @@
+"""generate: every process renders its share of generation g's requests into an image set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from chain_of_diffusion.data.imageset import write_metadata
+from chain_of_diffusion.generate import generate_image_set
+from chain_of_diffusion.requests import sample_requests
+from chain_of_diffusion.stages.base import StageContext
+
+
+class GenerateStage:
+    name, folder = "generate", "samples"
+    when = "per_generation"
+    every_process = True
+
+    def run(self, ctx: StageContext, generation: Optional[int], out: Path) -> dict:
+        model = ctx.trained_model(generation)
+        with ctx.accelerator.autocast():  # train.mixed_precision also sets the sampling precision
+            records = generate_image_set(
+                model, sample_requests(ctx.cfg, ctx.run, generation), ctx.cfg.sample, out, ctx.accelerator,
+                desc=f"gen {generation} generate",
+            )
+        if ctx.is_main:
+            write_metadata(out, records)
+        ctx.accelerator.wait_for_everyone()
+        return {"num_images": len(records)}
