@@ -38,7 +38,7 @@ def main() -> None:
     from chain_of_diffusion.config import SampleConfig
     from chain_of_diffusion.generate import render
     from chain_of_diffusion.models.pretrained import as_pipeline
-    from chain_of_diffusion.samplers import make_scheduler
+    from chain_of_diffusion.processes.ddpm import make_scheduler
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="tiny_sd")

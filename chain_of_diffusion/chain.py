@@ -118,6 +118,36 @@ def _check_existing(run: RunDir, cfg: ChainConfig) -> None:
         )
 
 
+def _check_generations(run: RunDir, cfg: ChainConfig) -> None:
+    """Refuse to change ``generations`` once it has shaped finished work.
+
+    ``generations`` is left out of the fingerprint so a finished chain can be extended, but the
+    ``linear_decay`` real-fraction schedule spreads its decay over ``generations``, and the fresh
+    pool's offsets follow that schedule: with another total, the generations already mixed would
+    not be the ones the new schedule describes.
+    """
+    from omegaconf import OmegaConf
+
+    if not run.config_path.is_file():
+        return
+    before = OmegaConf.load(run.config_path).get("generations")
+    if before is None or before == cfg.generations:
+        return
+    depends = cfg.mix.real_fraction_schedule == "linear_decay" and cfg.mix.real_fraction > 0
+    mixed = [g for g in range(1, before) if run.is_done(g, "train_set")]
+    if depends and mixed:
+        raise RunDirError(
+            f"{run.root}: mix.real_fraction_schedule=linear_decay spreads the real fraction over generations={before}, "
+            f"and {_generations_text(mixed)} mixed with it; generations={cfg.generations} would change "
+            "their real fractions (use another output_dir, or a schedule that does not depend on the total: constant, "
+            "exponential_decay)"
+        )
+
+
+def _generations_text(gens: list[int]) -> str:
+    return f"generation {gens[0]} was" if len(gens) == 1 else f"generations {gens[0]}-{gens[-1]} were"
+
+
 def _with_defaults(saved: dict, defaults: dict) -> dict:
     out = dict(saved)
     for key, value in defaults.items():
@@ -212,6 +242,7 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     try:
         if main:
             _check_existing(run, cfg)
+            _check_generations(run, cfg)
             atomic_write_text(run.config_path, to_yaml(cfg))
             atomic_write_json(run.root / "fingerprint.json", fingerprint_dict(cfg))
             atomic_write_json(run.root / "env.json", _env_info(accelerator))

@@ -53,12 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
     from chain_of_diffusion.chain import planned_stages, run_chain
-    from chain_of_diffusion.config import ConfigError, load_config, to_yaml
+    from chain_of_diffusion.config import load_config, to_yaml
     from chain_of_diffusion.errors import BAD_INPUT as bad_input
+    from chain_of_diffusion.preflight import run_preflight
     from chain_of_diffusion.runs import RunDir
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
+        # files and weights (Inception, CLIP, DINOv2) before any work, and before a dry run says
+        # "to run" about a chain that could not: nothing is written yet
+        run_preflight(cfg)
+    except bad_input as err:
         print(f"chain.py: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:

@@ -17,9 +17,10 @@ from omegaconf import errors as oc_errors
 
 from chain_of_diffusion.errors import ConfigError
 
-DATA_SOURCES = ("digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist")
 ARCHS = ("tiny", "small", "sd15", "tiny_sd")
-OBJECTIVES = ("eps", "v", "flow", "dae")
+# The names users type for each choice; the registries that implement them are keyed by these
+# (processes.PROCESSES, processes.ddpm.SCHEDULERS, ...) and tests/test_layout.py checks they agree.
+OBJECTIVES = ("eps", "v")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TRAIN_MODES = ("full", "lora")
 TRAIN_INITS = ("scratch", "base", "previous")
@@ -32,6 +33,16 @@ REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
 ON_ERROR = ("error", "skip")
+# Names users put in ``metrics.names`` (docs: README "Evaluation"; metrics/suite.py computes them).
+# Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
+# fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
+# saturation writes saturation_mean and saturation_std.
+METRIC_NAMES = (
+    "fd_classifier", "memorization", "generalization", "entropy",
+    "fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
+    "precision", "recall", "density", "coverage",
+    "saturation", "hf_energy", "sharpness",
+)
 
 
 @dataclass(frozen=True)
@@ -206,37 +217,14 @@ def selection_space(cfg: ChainConfig) -> str:
     return "classifier" if cfg.metrics.features == "classifier" else "unet"
 
 
-def _check_weights(space: str, mcfg: MetricsConfig) -> None:
-    """A one-line error naming ``select.features`` where the pretrained network of ``space`` has no
-    weights here (files are looked for, nothing is loaded)."""
-    # late imports: they pull in torch, which a config check should not pay for otherwise
-    if space == "inception":
-        from chain_of_diffusion.metrics.inception import find_inception_weights
-
-        check = lambda: find_inception_weights(mcfg.inception_weights)  # noqa: E731
-    elif space == "clip":
-        from chain_of_diffusion.metrics.clip import check_clip_weights
-
-        check = lambda: check_clip_weights(mcfg.clip_model, mcfg.clip_pretrained)  # noqa: E731
-    else:
-        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model
-
-        check = lambda: find_dinov2_model(mcfg.dinov2_model)  # noqa: E731
-    try:
-        check()
-    except ConfigError as err:
-        raise ConfigError(
-            f"config key 'select.features': {space!r} has no weights here ({err}); "
-            f"spaces that need none: pixels, classifier, unet"
-        ) from None
-
-
 def validate(cfg: ChainConfig) -> None:
     """Range and choice checks that the type system cannot express."""
     _at_least("generations", cfg.generations, 1)
     _at_least("seed", cfg.seed, 0)
     d = cfg.data
-    _choice("data.source", d.source, DATA_SOURCES)
+    from chain_of_diffusion.data.sources import SOURCES  # the registry; imports no torch, PIL, numpy
+
+    _choice("data.source", d.source, tuple(SOURCES))
     _choice("data.on_error", d.on_error, ON_ERROR)
     _at_least("data.resolution", d.resolution, 4)
     _at_least("data.num_train", d.num_train, 1, allow_none=True)
@@ -248,10 +236,6 @@ def validate(cfg: ChainConfig) -> None:
     m = cfg.model
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.objective", m.objective, OBJECTIVES)
-    if m.objective not in ("eps", "v"):
-        raise ConfigError(
-            f"config key 'model.objective': {m.objective!r} is not implemented yet; use eps or v"
-        )
     _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
     if m.pretrained is not None and not str(m.pretrained).strip():
         raise ConfigError("config key 'model.pretrained': empty; give a pipeline folder, a Hub id, or null")
@@ -321,8 +305,6 @@ def validate(cfg: ChainConfig) -> None:
     _choice("select.features", sel.features, SELECT_FEATURES)
     _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
     space = selection_space(cfg)
-    if space in ("inception", "clip", "dinov2") and sel.method in ("greedy_entropy", "threshold_decay"):
-        _check_weights(space, cfg.metrics)
     _at_least("select.latent_k", sel.latent_k, 1)
     _at_least("select.latent_folds", sel.latent_folds, 1)
     uses_unet = sel.method == "latent" or (space == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
@@ -340,8 +322,6 @@ def validate(cfg: ChainConfig) -> None:
         raise ConfigError(f"config key 'select.alpha': must be in (0, 1), got {sel.alpha}")
     if sel.tau0 is not None and sel.tau0 <= 0:
         raise ConfigError(f"config key 'select.tau0': must be > 0 or null, got {sel.tau0}")
-    from chain_of_diffusion.metrics import METRIC_NAMES  # late: metrics imports torch
-
     for name in cfg.metrics.names:
         if name not in METRIC_NAMES:
             raise ConfigError(
@@ -360,13 +340,7 @@ def validate(cfg: ChainConfig) -> None:
         if cfg.metrics.prdc_features == "classifier" and cfg.metrics.features != "classifier":
             raise ConfigError("config key 'metrics.prdc_features': 'classifier' needs metrics.features=classifier")
     _choice("metrics.tracker", cfg.metrics.tracker, ("none", "tensorboard", "wandb"))
-    names = set(cfg.metrics.names)
-    prdc_in_dinov2 = cfg.metrics.prdc_features == "dinov2" and names & {"precision", "recall", "density", "coverage"}
-    if "fd_dinov2" in names or prdc_in_dinov2:
-        # files only, nothing loaded: a chain should not train for hours, then find no model to evaluate with
-        from chain_of_diffusion.metrics.dinov2 import find_dinov2_model
-
-        find_dinov2_model(cfg.metrics.dinov2_model)
+    # whether the weights of inception/clip/dinov2 exist here is a file lookup: preflight.py checks it
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

@@ -14,10 +14,13 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import SampleConfig
 from chain_of_diffusion.data.imageset import save_png, tensor_to_pil
 from chain_of_diffusion.models.build import T2IModel, decode_latents, encode_captions
-from chain_of_diffusion.samplers import guidance_scales, num_denoising_calls, sample
+from chain_of_diffusion.models.denoisers import UNetDenoiser
+from chain_of_diffusion.models.pretrained import objective_of
+from chain_of_diffusion.processes import guidance_scales, make_process
 
 
 def file_name_for(index: int) -> str:
@@ -34,19 +37,17 @@ def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress
     device = next(model.unet.parameters()).device
     captions = sorted({r["text"] for r in requests} | {""})
     table = dict(zip(captions, encode_captions(model, captions)))
-    shape = (model.latent_channels, model.unet.config.sample_size, model.unet.config.sample_size)
-    calls = num_denoising_calls(cfg.scheduler, cfg.steps, model.noise_scheduler.config)
-    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, calls)
+    process = make_process(objective_of(model), model.noise_scheduler, sampler=cfg.scheduler)
+    net = UNetDenoiser(model.unet, rows=UNET_ROWS)  # fixed-size calls: an image depends on itself alone
+    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, process.num_calls(cfg.steps))
     out = []
     for lo in range(0, len(requests), cfg.batch_size):
         chunk = requests[lo : lo + cfg.batch_size]
-        noise = torch.stack([initial_noise(r["seed"], shape) for r in chunk]).to(device)
+        noise = torch.stack([initial_noise(r["seed"], model.sample_shape) for r in chunk]).to(device)
         cond = torch.stack([table[r["text"]] for r in chunk]).to(device)
         gens = [torch.Generator().manual_seed(r["seed"] + 1) for r in chunk]
-        latents = sample(
-            model.unet, model.noise_scheduler.config, noise, cond, table[""][None].to(device),
-            scheduler=cfg.scheduler, steps=cfg.steps, guidance=scales, generators=gens,
-        )
+        latents = process.sample(net, noise, cond, table[""][None].to(device), steps=cfg.steps, guidance=scales,
+                                 generators=gens)
         out.append(decode_latents(model, latents).float().cpu())
         if progress is not None:
             progress(len(chunk))

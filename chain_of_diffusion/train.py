@@ -1,7 +1,9 @@
-"""The one trainer: a UNet denoiser on a fixed set of (image, caption) pairs, through accelerate.
+"""The one trainer: a denoiser on a fixed set of (example, caption) pairs, through accelerate.
 
-It does not know it is inside a chain: it takes tensors, a :class:`TrainConfig`, a seed and a
-checkpoint folder. Two properties the chain relies on:
+It does not know it is inside a chain, nor which process it trains: it takes tensors, a
+:class:`~chain_of_diffusion.processes.base.Process` (which draws times and makes the (input,
+target) pairs), a :class:`TrainConfig`, a seed and a checkpoint folder. Examples may have any shape
+(images, latents, vectors). Two properties the chain relies on:
 
 - **Stateless randomness.** The batch order, noise, timesteps and condition-drop mask of step
   ``s`` are drawn from generators seeded by ``(seed, s)``, so a resumed run draws exactly what an
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from chain_of_diffusion.config import TrainConfig
 from chain_of_diffusion.errors import TrainingError
-from chain_of_diffusion.objectives import OBJECTIVES, min_snr_weights, mse_loss
+from chain_of_diffusion.models.denoisers import UNetDenoiser
+from chain_of_diffusion.processes import Denoiser, Process, make_process
 from chain_of_diffusion.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -112,43 +115,86 @@ class StepDraws:
 
 
 def step_draws(step: int, seed: int, cfg: TrainConfig, num_examples: int, sample_shape: tuple[int, ...],
-               num_timesteps: int, *, flips: bool = False) -> StepDraws:
+               draw_t: Callable[[torch.Generator, int], torch.Tensor] | int, *, flips: bool = False) -> StepDraws:
     """Everything random about optimizer step ``step``, from ``(seed, step)`` alone: drawn whole on
-    every process, then sliced, so a sample's randomness does not depend on the process count."""
+    every process, then sliced, so a sample's randomness does not depend on the process count.
+
+    ``draw_t(generator, n)`` is the process's time distribution (an int n stands for integer
+    timesteps uniform in [0, n), the DDPM one); ``sample_shape`` is one example's shape, any rank.
+    """
+    if isinstance(draw_t, int):
+        num_timesteps = draw_t
+        draw_t = lambda g, n: torch.randint(0, num_timesteps, (n,), generator=g)  # noqa: E731
     idx = batch_indices(step, cfg.batch_size, num_examples, seed)
     g = generator(seed, "noise", step)
     noise = torch.randn((cfg.batch_size, *sample_shape), generator=g)
-    timesteps = torch.randint(0, num_timesteps, (cfg.batch_size,), generator=g)
+    timesteps = draw_t(g, cfg.batch_size)
     dropped = torch.rand(cfg.batch_size, generator=g) < cfg.condition_drop
     # drawn after the draws above, so that turning these options on leaves those unchanged
-    if cfg.noise_offset > 0:
-        noise += cfg.noise_offset * torch.randn((cfg.batch_size, sample_shape[0], 1, 1), generator=g)
+    if cfg.noise_offset > 0:  # one offset per example and channel, shared over the other axes
+        offset_shape = (cfg.batch_size, sample_shape[0], *([1] * (len(sample_shape) - 1)))
+        noise += cfg.noise_offset * torch.randn(offset_shape, generator=g)
     flipped = (torch.rand(cfg.batch_size, generator=g) < 0.5) if flips else None
     return StepDraws(idx, noise, timesteps, dropped, flipped)
 
 
+def _rows_where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row i of ``a`` where ``mask[i]``, else row i of ``b``; rows of any shape."""
+    return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean squared error, optionally weighted per sample (weights: (B,)), in fp32."""
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if weights is not None:
+        per_sample = per_sample * weights
+    return per_sample.mean()
+
+
 class _Progress:
-    """The step counter and loss log, checkpointed with accelerate's save_state."""
+    """The step counter, the loss log and the running loss window of the current log interval.
+
+    The window is part of the state: a checkpoint inside a log interval would otherwise lose the
+    losses before it, and the resumed run would log a different mean for that interval.
+    """
 
     def __init__(self):
         self.step = 0
         self.losses: list[dict] = []
+        self.window: list[float] = []
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": json.dumps(self.losses)}
+        return {"step": self.step, "losses": json.dumps(self.losses), "window": json.dumps(self.window)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.losses = json.loads(state["losses"])
+        self.window = json.loads(state.get("window", "[]"))
+
+    def record(self, loss: float, log_every: int, last_step: int) -> Optional[float]:
+        """Count one optimizer step of loss ``loss``; the interval's mean when it closes."""
+        self.step += 1
+        self.window.append(loss)
+        if self.step % log_every and self.step != last_step:
+            return None
+        mean = sum(self.window) / len(self.window)
+        self.losses.append({"step": self.step, "loss": mean})
+        self.window = []
+        return mean
 
 
-def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path) -> None:
+TRAINER_STATE = "trainer_state.pt"  # progress, LR schedule and EMA, beside accelerate's own files
+
+
+def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_state: dict) -> None:
     """Save to ``latest`` through a temp folder, so a kill mid-save keeps the previous one."""
     tmp, latest, old = checkpoint_dir / "tmp", checkpoint_dir / "latest", checkpoint_dir / "old"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if latest.exists():
@@ -157,6 +203,16 @@ def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def _load_trainer_state(folder: Path) -> dict:
+    if (folder / TRAINER_STATE).is_file():
+        return torch.load(folder / TRAINER_STATE, weights_only=False)
+    # checkpoints written before trainer_state.pt: accelerate's custom objects, in the order they
+    # were registered (progress, LR scheduler, EMA)
+    names = ("progress", "lr_scheduler", "ema")
+    files = [folder / f"custom_checkpoint_{i}.pkl" for i in range(len(names))]
+    return {name: torch.load(f, weights_only=False) for name, f in zip(names, files) if f.is_file()}
 
 
 def _latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
@@ -207,43 +263,49 @@ def _trainable_only_checkpoints(accelerator: Accelerator, modules: dict[str, tor
             accelerator.register_load_state_pre_hook(load_hook)]
 
 
-def train_denoiser(
-    unet: torch.nn.Module,
-    noise_scheduler,
-    data: TrainData,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    accelerator: Accelerator,
-    checkpoint_dir: Path,
-    objective: str = "eps",
-    desc: str = "train",
-    on_step: Optional[Callable[[int, torch.nn.Module], None]] = None,
-    text_encoder: Optional[torch.nn.Module] = None,
-) -> TrainResult:
-    """Train the parameters of ``unet`` that require grad, in place, for ``cfg.steps`` optimizer
-    steps, resuming from ``checkpoint_dir``. The caller decides what is trainable (all of it for a
-    full finetune, the adapter for LoRA). ``on_step(step, unet)`` runs on every process after each
-    optimizer step (validation images). With ``text_encoder`` given, its trainable parameters
-    train too and captions are encoded every step from ``data.caption_ids``."""
-    started = time.time()
-    checkpoint_dir = Path(checkpoint_dir)
-    num_examples = data.x0.shape[0]
-    if num_examples == 0:
-        raise TrainingError("the training set is empty")
-    micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
-    pair_fn = OBJECTIVES[objective]
-    unet.train()
+@dataclass
+class _Session:
+    """What one training run holds between optimizer steps."""
+
+    model: torch.nn.Module  # the denoiser network as accelerate prepared it
+    text_model: Optional[torch.nn.Module]  # the text encoder as prepared, where it trains
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    params: list[torch.nn.Parameter]
+    ema: Any = None
+    progress: _Progress = field(default_factory=_Progress)
+    hooks: list = field(default_factory=list)
+
+    def trainer_state(self) -> dict:
+        state = {"progress": self.progress.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.progress.load_state_dict(state["progress"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+def _as_process(process, objective: Optional[str], cfg: TrainConfig) -> Process:
+    """A diffusers noise scheduler stands for the DDPM process of ``objective`` (default eps)."""
+    if hasattr(process, "training_pair"):
+        return process
+    return make_process(objective or "eps", process, snr_gamma=cfg.snr_gamma)
+
+
+def _start(accelerator: Accelerator, unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module],
+           cfg: TrainConfig, desc: str) -> _Session:
+    """Optimizer, LR schedule, EMA and accelerate's wrappers for the parameters that require grad."""
     modules = {"unet": unet} if text_encoder is None else {"unet": unet, "text_encoder": text_encoder}
-    if text_encoder is not None:
-        text_encoder.train()
-        if data.caption_ids is None:
-            raise TrainingError(f"{desc}: a trained text encoder needs caption token ids")
     everything = _named_parameters(modules)
     params = [p for p in everything.values() if p.requires_grad]
     if not params:
         raise TrainingError(f"{desc}: the model has no trainable parameters")
-    partial = len(params) < len(everything)
+    for net in modules.values():
+        net.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = make_optimizer(params, cfg)
@@ -253,108 +315,154 @@ def train_denoiser(
     )
     # the LR scheduler stays outside prepare(): accelerate would step it once per process
     if text_encoder is not None:
-        model, te_model, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        model, text_model, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     else:
-        model, optimizer = accelerator.prepare(unet, optimizer)
-    wrapped_models = [model] if text_encoder is None else [model, te_model]
-    hooks = _trainable_only_checkpoints(accelerator, modules) if partial else []
-    progress = _Progress()
-    accelerator.register_for_checkpointing(progress, lr_scheduler)
+        (model, optimizer), text_model = accelerator.prepare(unet, optimizer), None
     ema = None
     if cfg.ema_decay > 0:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(params, decay=cfg.ema_decay)
-        accelerator.register_for_checkpointing(ema)
+    partial = len(params) < len(everything)
+    hooks = _trainable_only_checkpoints(accelerator, modules) if partial else []
+    return _Session(model, text_model, optimizer, lr_scheduler, params, ema, hooks=hooks)
+
+
+def _batch_rows(data: TrainData, rows: torch.Tensor, flipped: Optional[torch.Tensor]) -> torch.Tensor:
+    """The clean examples ``rows`` of the training set, mirrored where ``flipped``."""
+    x1 = data.x0[rows]
+    if flipped is not None:
+        x1 = _rows_where(flipped, data.x0_flipped[rows], x1)
+    return x1
+
+
+def _conditioning(data: TrainData, rows: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Caption embeddings (or token ids where the text encoder trains) of ``rows``, the empty
+    caption where ``dropped`` (condition drop)."""
+    captions = data.caption_index[rows]
+    if data.caption_ids is not None:
+        ids = data.caption_ids[captions]
+        return _rows_where(dropped, data.empty_ids.expand_as(ids), ids)
+    emb = data.caption_embeddings[captions]
+    return _rows_where(dropped, data.empty_embedding.expand_as(emb), emb)
+
+
+def _optimizer_step(session: _Session, process: Process, net: Denoiser, data: TrainData, draws: StepDraws,
+                    cfg: TrainConfig, accelerator: Accelerator, micro: int, accum: int) -> float:
+    """One optimizer step over this process's micro-batches of the global batch; the mean loss over
+    all processes."""
+    device = accelerator.device
+    wrapped = [m for m in (session.model, session.text_model) if m is not None]
+    step_loss = torch.zeros((), device=device)
+    for m in range(accum):
+        lo = (accelerator.process_index * accum + m) * micro
+        sl = slice(lo, lo + micro)
+        rows = draws.indices[sl]
+        x1 = _batch_rows(data, rows, None if draws.flipped is None else draws.flipped[sl]).to(device)
+        cond = _conditioning(data, rows, draws.dropped[sl]).to(device)
+        t = draws.timesteps[sl].to(device)
+        x_t, target = process.training_pair(x1, draws.noise[sl].to(device), t)
+        ctx = contextlib.ExitStack()
+        if m < accum - 1:  # gradients are all-reduced once per step, after the last micro-batch
+            for model in wrapped:
+                ctx.enter_context(accelerator.no_sync(model))
+        with ctx, accelerator.autocast():
+            if session.text_model is not None:
+                cond = session.text_model(cond)[0]
+            pred = net(x_t, t, cond)
+            loss = mse_loss(pred, target, process.loss_weights(t)) / accum
+        accelerator.backward(loss)
+        step_loss += loss.detach()
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(session.params, cfg.max_grad_norm)
+    return accelerator.reduce(step_loss, reduction="mean").item()
+
+
+def train_denoiser(
+    unet: torch.nn.Module,
+    process,
+    data: TrainData,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    accelerator: Accelerator,
+    checkpoint_dir: Path,
+    objective: Optional[str] = None,
+    desc: str = "train",
+    on_step: Optional[Callable[[int, torch.nn.Module], None]] = None,
+    text_encoder: Optional[torch.nn.Module] = None,
+    adapter: Callable[[torch.nn.Module], Denoiser] = UNetDenoiser,
+) -> TrainResult:
+    """Train the parameters of ``unet`` that require grad, in place, for ``cfg.steps`` optimizer
+    steps of ``process`` (a :class:`~chain_of_diffusion.processes.base.Process`, or a diffusers
+    noise scheduler for the DDPM process of ``objective``), resuming from ``checkpoint_dir``.
+
+    The caller decides what is trainable (all of it for a full finetune, the adapter for LoRA).
+    ``on_step(step, unet)`` runs on every process after each optimizer step (validation images).
+    With ``text_encoder`` given, its trainable parameters train too and captions are encoded every
+    step from ``data.caption_ids``. ``adapter`` turns the network (as accelerate prepared it) into
+    the ``net(x_t, t, cond)`` call the process trains: a UNet with CLIP embeddings by default; any
+    network already called that way (an MLP on vectors) passes ``adapter=lambda net: net``.
+    """
+    started = time.time()
+    checkpoint_dir = Path(checkpoint_dir)
+    process = _as_process(process, objective, cfg)
+    num_examples = data.x0.shape[0]
+    if num_examples == 0:
+        raise TrainingError("the training set is empty")
+    if text_encoder is not None and data.caption_ids is None:
+        raise TrainingError(f"{desc}: a trained text encoder needs caption token ids")
+    micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
+    session = _start(accelerator, unet, text_encoder, cfg, desc)
+    progress = session.progress
+    net = adapter(session.model)
     resume = _latest_checkpoint(checkpoint_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
+        session.load_trainer_state(_load_trainer_state(resume))
         log.info("%s: resumed from %s at step %d", desc, resume, progress.step)
     resumed_from = progress.step
-
-    device = accelerator.device
-    x0_all = data.x0
-    emb_all = data.caption_embeddings
-    empty = data.empty_embedding
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    rank = accelerator.process_index
-    window: list[float] = []
     bar = _progress_bar(accelerator, cfg.steps, progress.step, desc)
     while progress.step < cfg.steps:
         step = progress.step
-        # the whole global batch's randomness is drawn on every process, then sliced, so a
-        # sample's noise is the same whatever the process count
-        draws = step_draws(step, seed, cfg, num_examples, tuple(x0_all.shape[1:]), num_timesteps,
+        draws = step_draws(step, seed, cfg, num_examples, tuple(data.x0.shape[1:]), process.draw_t,
                            flips=data.x0_flipped is not None)
-        idx, noise, timesteps, dropped, flipped = (draws.indices, draws.noise, draws.timesteps, draws.dropped,
-                                                   draws.flipped)
-        step_loss = torch.zeros((), device=device)
-        for m in range(accum):
-            lo = (rank * accum + m) * micro
-            sl = slice(lo, lo + micro)
-            x0 = x0_all[idx[sl]]
-            if flipped is not None:
-                x0 = torch.where(flipped[sl, None, None, None], data.x0_flipped[idx[sl]], x0)
-            x0 = x0.to(device)
-            if text_encoder is None:
-                emb = emb_all[data.caption_index[idx[sl]]]
-                emb = torch.where(dropped[sl, None, None], empty.expand_as(emb), emb).to(device)
-            else:
-                ids = data.caption_ids[data.caption_index[idx[sl]]]
-                ids = torch.where(dropped[sl, None], data.empty_ids.expand_as(ids), ids).to(device)
-            t = timesteps[sl].to(device)
-            pair = pair_fn(noise_scheduler, x0, noise[sl].to(device), t)
-            sync = m == accum - 1
-            ctx = contextlib.ExitStack()
-            if not sync:  # gradients are all-reduced once per step, after the last micro-batch
-                for wrapped in wrapped_models:
-                    ctx.enter_context(accelerator.no_sync(wrapped))
-            with ctx, accelerator.autocast():
-                if text_encoder is not None:
-                    emb = te_model(ids)[0]
-                pred = model(pair.noisy, t, encoder_hidden_states=emb).sample
-                weights = min_snr_weights(noise_scheduler, t, cfg.snr_gamma, objective) if cfg.snr_gamma else None
-                loss = mse_loss(pred, pair.target, weights) / accum
-            accelerator.backward(loss)
-            step_loss += loss.detach()
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        mean_loss = _optimizer_step(session, process, net, data, draws, cfg, accelerator, micro, accum)
         if not math.isfinite(mean_loss):
             bar.close()
             where = _latest_checkpoint(checkpoint_dir)
             kept = f"; the last good checkpoint is {where}" if where else ""
             raise TrainingError(f"{desc}: loss is {mean_loss} at step {step}; training stopped{kept}")
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        progress.step += 1
-        window.append(mean_loss)
-        if progress.step % cfg.log_every == 0 or progress.step == cfg.steps:
-            progress.losses.append({"step": progress.step, "loss": sum(window) / len(window)})
-            bar.set_postfix(loss=f"{progress.losses[-1]['loss']:.4f}")
-            window = []
+        session.optimizer.step()
+        session.lr_scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+        if session.ema is not None:
+            session.ema.step(session.params)
+        logged = progress.record(mean_loss, cfg.log_every, cfg.steps)
+        if logged is not None:
+            bar.set_postfix(loss=f"{logged:.4f}")
         bar.update(1)
         if on_step is not None:
-            on_step(progress.step, accelerator.unwrap_model(model))
+            on_step(progress.step, accelerator.unwrap_model(session.model))
         if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
-            _save_checkpoint(accelerator, checkpoint_dir)
+            _save_checkpoint(accelerator, checkpoint_dir, session.trainer_state())
     bar.close()
-    for hook in hooks:
+    return _finish(accelerator, session, unet, text_encoder, started, resumed_from)
+
+
+def _finish(accelerator: Accelerator, session: _Session, unet: torch.nn.Module,
+            text_encoder: Optional[torch.nn.Module], started: float, resumed_from: int) -> TrainResult:
+    """Leave the trained weights (the EMA average where there is one) in ``unet``, in eval mode,
+    and release accelerate's references so the next generation's ``prepare()`` starts clean."""
+    for hook in session.hooks:
         hook.remove()
-    unet = accelerator.unwrap_model(model)
-    if ema is not None:  # the averaged weights are the model, as in diffusers' --use_ema
-        ema.copy_to(params)
+    if session.ema is not None:  # the averaged weights are the model, as in diffusers' --use_ema
+        session.ema.copy_to(session.params)
     unet.eval()
     if text_encoder is not None:
         text_encoder.eval()
-    # drop accelerate's references so the next generation's prepare() starts clean
-    accelerator._models.clear()
-    accelerator._optimizers.clear()
-    accelerator._schedulers.clear()
-    accelerator._custom_objects.clear()
+    accelerator.free_memory()
+    progress = session.progress
     final = progress.losses[-1]["loss"] if progress.losses else float("nan")
     return TrainResult(progress.step, final, progress.losses, time.time() - started, resumed_from)
 

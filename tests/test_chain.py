@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,8 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMOKE, TINY_OVERRIDES, run_cli
+from conftest import ONE_THREAD, ROOT, SHARED_ARGS, SMOKE, TINY_OVERRIDES, cli, run_cli
 from PIL import Image
+
+# for chains that check plumbing only (what is written where, counted how): 4 training steps, 2 sampling steps
+PLUMBING = ["train.steps=4", "train.checkpoint_every=4", "train.log_every=4", "train.lr_warmup_steps=1",
+            "sample.steps=2"]
 
 
 def test_run_directory_layout(finished_run: Path):
@@ -28,7 +33,7 @@ def test_run_directory_layout(finished_run: Path):
     rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1]
     for key in ("fd_classifier", "memorization", "entropy", "fd_classifier_reference"):
-        assert isinstance(rows[1][key], float), key
+        assert isinstance(rows[1][key], float) and math.isfinite(rows[1][key]), key
     assert rows[0]["real_share"] == 1.0 and rows[1]["real_share"] == 0.0
     page = (finished_run / "report.html").read_text()
     assert "Columns, left to right: a handwritten digit" in page
@@ -36,6 +41,19 @@ def test_run_directory_layout(finished_run: Path):
         assert f'src="{rel}"' in page and (finished_run / rel).is_file(), rel
     state = json.loads((finished_run / "state.json").read_text())
     assert state["finished"] is True and state["done"]["1"][-1] == "evaluate"
+
+
+def test_shared_run_writes_drift_and_precision_recall(finished_run: Path):
+    # the shared run lists them in metrics.names (conftest.SHARED_METRICS), with pixel PRDC features
+    rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        for key in ("fd_classifier", "memorization", "precision", "recall", "density", "coverage",
+                    "saturation_mean", "saturation_std", "hf_energy", "sharpness", "saturation_mean_reference",
+                    "hf_energy_reference", "sharpness_reference"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["generation"], key)
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["coverage"] <= 1.0
+        assert 0.0 <= row["hf_energy"] <= 1.0
+    assert (finished_run / "reference" / "drift.json").exists()
 
 
 def test_training_set_provenance(finished_run: Path):
@@ -71,7 +89,7 @@ def test_checkpoint_loads_with_diffusers(finished_run: Path):
 def test_finished_run_does_nothing_and_says_so(finished_run: Path):
     before = (finished_run / "metrics.jsonl").read_bytes()
     mtime = (finished_run / "gen_01" / "samples").stat().st_mtime
-    proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES)
+    proc = cli(*SHARED_ARGS, f"output_dir={finished_run}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to do" in proc.stdout
     assert "fd_classifier" in proc.stdout  # the metrics table
@@ -80,48 +98,129 @@ def test_finished_run_does_nothing_and_says_so(finished_run: Path):
 
 
 def test_dry_run_prints_config_and_plan(tmp_path):
-    proc = run_cli("--config", str(SMOKE), f"output_dir={tmp_path / 'x'}", "generations=3", "--dry-run")
+    proc = cli("--config", str(SMOKE), f"output_dir={tmp_path / 'x'}", "generations=3", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "generations: 3" in proc.stdout
     assert "gen 2 evaluate" in proc.stdout and "to run" in proc.stdout
     assert not (tmp_path / "x").exists()
 
 
-def _start(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "chain.py"), "--config", str(SMOKE), f"output_dir={out}",
-         *TINY_OVERRIDES, *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-    )
+# The chain under test, started as scripts/chain.py does, with one hook: right after the rename
+# (os.replace/os.rename, which is how a checkpoint, a PNG and a finished stage land) that makes the kill
+# point true, it writes a marker and stops itself (SIGSTOP). The test waits for the marker, however slow the
+# machine, and sends the real SIGKILL: the kill falls exactly at the kill point, never a wall-clock guess.
+STOP_AT_KILL_POINT = r"""
+import os, signal, sys
+target, need, marker = os.path.abspath(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+seen = 0
+
+def hooked(original):
+    def call(src, dst, *args, **kwargs):
+        global seen
+        result = original(src, dst, *args, **kwargs)
+        where = os.path.abspath(dst)
+        if where == target or os.path.dirname(where) == target:
+            seen += 1
+            if seen == need:
+                with open(marker, "w") as f:
+                    f.write(where)
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return result
+    return call
+
+os.replace, os.rename = hooked(os.replace), hooked(os.rename)
+from chain_of_diffusion.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+# kill point -> (path under the run, how many renames onto or into it)
+KILL_POINTS = {
+    # a stage finished and committed, the next one not started
+    "between-stages": ("gen_00/samples", 1),
+    # generation 1's training wrote its first checkpoint (step 4 of 12)
+    "inside-train": ("gen_01/.train_checkpoints/latest", 1),
+    # generation 1's sampler wrote 10 of its 48 PNGs into the stage's temporary folder
+    "inside-generate": ("gen_01/.tmp_samples", 10),
+}
 
 
-def _kill_when(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, "the chain ended before the kill point"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def _run_until(out: Path, rel: str, need: int, args: list[str], log: Path, env: dict | None = None,
+               timeout: float = 600) -> str:
+    """Run the chain with ``args`` into ``out`` until ``need`` renames onto or into ``out / rel`` happened,
+    kill -9 it there; what it printed."""
+    marker = out.parent / f"{out.name}.killed"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STOP_AT_KILL_POINT, str(out / rel), str(need), str(marker), *args,
+             f"output_dir={out}"],
+            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not marker.exists():
+                assert proc.poll() is None, f"the chain ended before {rel} ({need}):\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"{rel} ({need}) not reached in {timeout} s"
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    marker.unlink()
+    return log.read_text()
 
 
-@pytest.mark.parametrize(
-    "kill_point",
-    ["gen_01/.train_checkpoints/latest", "gen_00/samples", "gen_01/.tmp_samples"],
-    ids=["inside-train", "between-stages", "inside-generate"],
-)
-def test_resume_after_kill_gives_identical_metrics(finished_run: Path, tmp_path: Path, kill_point: str):
-    out = tmp_path / "run"
-    _kill_when(_start(out), out / kill_point)
+def _kill_at(out: Path, kill_point: str, log: Path) -> str:
+    """Run the shared run's chain into ``out`` until ``kill_point``, kill -9 it there; what it printed."""
+    printed = _run_until(out, *KILL_POINTS[kill_point], SHARED_ARGS, log, env=ONE_THREAD)
+    _check_killed_at(out, kill_point)
+    return printed
+
+
+def _check_killed_at(out: Path, kill_point: str) -> None:
+    """The run directory as the kill left it: the kill point holds, the stage after it has not run."""
+    if kill_point == "between-stages":
+        assert (out / "gen_00" / "samples" / "metadata.jsonl").is_file()
+        assert not (out / "gen_00" / "selected").exists()
+    elif kill_point == "inside-train":
+        assert (out / "gen_01" / ".train_checkpoints" / "latest").is_dir()
+        assert not (out / "gen_01" / "model").exists()
+    else:
+        assert len(list((out / "gen_01" / ".tmp_samples").glob("*.png"))) >= 10  # some images, not all
+        assert not (out / "gen_01" / "samples").exists()
     assert not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2
-    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
+
+
+def _resume_and_compare(out: Path, finished_run: Path) -> None:
+    proc = run_cli(*SHARED_ARGS, f"output_dir={out}", env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming" in proc.stdout
     assert (out / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
-    for name in sorted(os.listdir(finished_run / "gen_01" / "samples")):
-        assert (out / "gen_01" / "samples" / name).read_bytes() == (
-            finished_run / "gen_01" / "samples" / name
-        ).read_bytes(), name
+    for g in (0, 1):
+        names = sorted(os.listdir(finished_run / f"gen_{g:02d}" / "samples"))
+        assert len(names) == 49  # 48 images + metadata.jsonl
+        for name in names:
+            assert (out / f"gen_{g:02d}" / "samples" / name).read_bytes() == (
+                finished_run / f"gen_{g:02d}" / "samples" / name
+            ).read_bytes(), f"gen {g} {name}"
+
+
+def test_kill_at_every_kind_of_point_in_turn_then_resume_gives_identical_run(finished_run: Path, tmp_path: Path):
+    """One run killed -9 three times (at a stage boundary, inside training, inside generation), each
+    time resumed by a new process: it ends byte-identical to the uninterrupted shared run."""
+    out = tmp_path / "run"
+    for i, kill_point in enumerate(("between-stages", "inside-train", "inside-generate")):
+        printed = _kill_at(out, kill_point, tmp_path / f"kill{i}.log")
+        assert ("resuming" in printed) == (i > 0), printed[-2000:]
+    _resume_and_compare(out, finished_run)
+
+
+@pytest.mark.slow  # the default tier kills at each of these points in turn, in one run (above)
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_resume_after_kill_gives_identical_metrics(finished_run: Path, tmp_path: Path, kill_point: str):
+    out = tmp_path / "run"
+    _kill_at(out, kill_point, tmp_path / "kill.log")
+    _resume_and_compare(out, finished_run)
 
 
 def test_second_process_on_the_same_output_dir_is_refused(tmp_path):
@@ -129,7 +228,7 @@ def test_second_process_on_the_same_output_dir_is_refused(tmp_path):
     out.mkdir()
     with open(out / ".lock", "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
+        proc = cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
     assert proc.returncode == 2
     assert "in use by another running chain" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -138,7 +237,7 @@ def test_second_process_on_the_same_output_dir_is_refused(tmp_path):
 
 def test_changed_config_on_an_existing_run_is_refused(finished_run: Path):
     before = (finished_run / "config.yaml").read_text()
-    proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES, "train.lr=0.5")
+    proc = cli(*SHARED_ARGS, f"output_dir={finished_run}", "train.lr=0.5")
     assert proc.returncode == 2
     assert "train.lr" in proc.stderr and "different config" in proc.stderr
     assert (finished_run / "config.yaml").read_text() == before
@@ -153,11 +252,11 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_bad_config_key_and_generations(tmp_path):
-    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'a'}", "train.stepz=3"))
+    line = _one_error_line(cli(f"output_dir={tmp_path / 'a'}", "train.stepz=3"))
     assert "train.stepz" in line and "train.steps" in line
-    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'b'}", "generations=0"))
+    line = _one_error_line(cli(f"output_dir={tmp_path / 'b'}", "generations=0"))
     assert "generations" in line
-    line = _one_error_line(run_cli(f"output_dir={tmp_path / 'b'}", "generations=-1"))
+    line = _one_error_line(cli(f"output_dir={tmp_path / 'b'}", "generations=-1"))
     assert "generations" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -187,7 +286,7 @@ def test_bad_data_folders(tmp_path, case):
     else:
         path, expect = _folder(tmp_path, uncaptioned=True), "img007"
     out = tmp_path / "run"
-    line = _one_error_line(run_cli(
+    line = _one_error_line(cli(
         "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "data.source=imagefolder",
         f"data.path={path}", "metrics.features=pixels", "metrics.names=[memorization,entropy]",
     ))
@@ -199,7 +298,7 @@ def test_skip_mode_counts_broken_files(tmp_path):
     path = _folder(tmp_path, broken=True)
     out = tmp_path / "run"
     proc = run_cli(
-        "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "generations=1", "data.num_train=20",
+        "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, *PLUMBING, "generations=1", "data.num_train=20",
         "data.num_heldout=20", "data.source=imagefolder", f"data.path={path}", "data.on_error=skip",
         "metrics.features=pixels", "metrics.names=[memorization,entropy]",
     )
@@ -211,28 +310,28 @@ def test_skip_mode_counts_broken_files(tmp_path):
 def _launch(out: Path, nproc: int, env: dict) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "scripts" / "chain.py"), "--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES]
+           str(ROOT / "scripts" / "chain.py"), *SHARED_ARGS, f"output_dir={out}"]
     full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
 
 
-def test_two_processes_match_one_process_byte_for_byte(tmp_path):
-    # bitwise equality needs equal per-process thread counts: torchrun gives each worker 1 thread
-    one = run_cli("--config", str(SMOKE), f"output_dir={tmp_path / 'one'}", *TINY_OVERRIDES,
-                  env={"OMP_NUM_THREADS": "1"})
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = _launch(tmp_path / "two", 2, {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+def test_two_processes_match_one_process_byte_for_byte(finished_run: Path, tmp_path):
+    # the 1-process run is the shared one, made with 1 thread: bitwise equality needs equal per-process
+    # thread counts, and torchrun gives each worker 1 thread
+    one = finished_run
+    assert json.loads((one / "env.json").read_text())["num_processes"] == 1
+    two = _launch(tmp_path / "two", 2, {"ACCELERATE_USE_CPU": "1", **ONE_THREAD})
     assert two.returncode == 0, two.stderr[-3000:]
     env = json.loads((tmp_path / "two" / "env.json").read_text())
     assert env["num_processes"] == 2
     for g in (0, 1):
-        names = sorted(os.listdir(tmp_path / "one" / f"gen_{g:02d}" / "samples"))
+        names = sorted(os.listdir(one / f"gen_{g:02d}" / "samples"))
         assert len(names) == 49  # 48 images + metadata.jsonl
         for name in names:
-            a = (tmp_path / "one" / f"gen_{g:02d}" / "samples" / name).read_bytes()
+            a = (one / f"gen_{g:02d}" / "samples" / name).read_bytes()
             b = (tmp_path / "two" / f"gen_{g:02d}" / "samples" / name).read_bytes()
             assert a == b, f"gen {g} {name}"
-    assert (tmp_path / "one" / "metrics.jsonl").read_text() == (tmp_path / "two" / "metrics.jsonl").read_text()
+    assert (one / "metrics.jsonl").read_text() == (tmp_path / "two" / "metrics.jsonl").read_text()
 
 
 def test_two_processes_without_cpu_flag_are_stopped(tmp_path):
@@ -243,18 +342,20 @@ def test_two_processes_without_cpu_flag_are_stopped(tmp_path):
 
 
 def test_batch_size_and_seed(finished_run: Path, tmp_path: Path):
-    """Same seed, other generation batch size: the same bytes; another seed: other images."""
+    """Same seed, other generation batch size: the same bytes; another seed: other images.
+    Each run stops once generation 0's samples are committed (the later stages do not change them)."""
     out = tmp_path / "run"
-    proc = run_cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES, "generations=1",
-                   "sample.batch_size=7")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    _run_until(out, "gen_00/samples", 1, [*SHARED_ARGS, "sample.batch_size=7"], tmp_path / "run.log", env=ONE_THREAD)
     names = sorted(p.name for p in (finished_run / "gen_00" / "samples").glob("*.png"))
+    assert len(names) == 48
     for name in names:
         assert (out / "gen_00" / "samples" / name).read_bytes() == (
             finished_run / "gen_00" / "samples" / name).read_bytes(), name
     other = tmp_path / "other"
-    proc = run_cli("--config", str(SMOKE), f"output_dir={other}", *TINY_OVERRIDES, "generations=1", "seed=1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # pixel metrics: no classifier to train in the reference stage, which this check does not need
+    _run_until(other, "gen_00/samples", 1, ["--config", str(SMOKE), *TINY_OVERRIDES, "seed=1",
+                                           "metrics.features=pixels", "metrics.names=[memorization]"],
+               tmp_path / "other.log")
     differing = sum((other / "gen_00" / "samples" / n).read_bytes() != (finished_run / "gen_00" / "samples" / n).read_bytes()
                     for n in names)
     assert differing == len(names)
@@ -263,7 +364,7 @@ def test_batch_size_and_seed(finished_run: Path, tmp_path: Path):
 def test_greedy_entropy_selection_keeps_the_budget(tmp_path: Path):
     out = tmp_path / "run"
     proc = run_cli("--config", str(SMOKE), "--config", str(ROOT / "configs" / "mitigations" / "greedy_entropy.yaml"),
-                   f"output_dir={out}", *TINY_OVERRIDES, "generations=1")
+                   f"output_dir={out}", *TINY_OVERRIDES, *PLUMBING, "generations=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     from chain_of_diffusion.data.imageset import read_metadata
 
@@ -282,10 +383,10 @@ def test_run_made_before_a_new_config_key_still_resumes(finished_run: Path):
     del old["select"]["alpha"]
     path.write_text(json.dumps(old))
     try:
-        proc = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES)
+        proc = cli(*SHARED_ARGS, f"output_dir={finished_run}")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "nothing to do" in proc.stdout
-        changed = run_cli("--config", str(SMOKE), f"output_dir={finished_run}", *TINY_OVERRIDES, "select.alpha=0.5")
+        changed = cli(*SHARED_ARGS, f"output_dir={finished_run}", "select.alpha=0.5")
         assert changed.returncode == 2 and "select.alpha" in changed.stderr
     finally:
         path.write_text(original)
@@ -294,7 +395,7 @@ def test_run_made_before_a_new_config_key_still_resumes(finished_run: Path):
 def test_latent_filter_keeps_top_n_of_pooled_real_and_synthetic(tmp_path: Path):
     out = tmp_path / "run"
     proc = run_cli("--config", str(SMOKE), "--config", str(ROOT / "configs" / "mitigations" / "latent.yaml"),
-                   f"output_dir={out}", *TINY_OVERRIDES, "generations=2")
+                   f"output_dir={out}", *TINY_OVERRIDES, *PLUMBING, "generations=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     from safetensors.torch import load_file
 

@@ -1,22 +1,28 @@
 """scripts/evaluate.py: run mode rewrites a run's metrics; folder mode; bad input -> one line, exit 2."""
 
 import json
-import os
+import math
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, call_main, load_script
 from PIL import Image
 
 SCRIPT = ROOT / "scripts" / "evaluate.py"
 
 
 def run_evaluate(*args, timeout=300):
+    """The script as a real process (each mode keeps one test that runs it so)."""
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
+
+
+def evaluate_in_process(*args):
+    """``main(args)`` in this process: for the cases that stop early (bad input, --help)."""
+    return call_main(load_script("evaluate").main, *args)
 
 
 def _folder(path, n, seed, size=16, captions=False):
@@ -54,7 +60,7 @@ def test_run_mode_rewrites_metrics_of_every_generation(finished_run, tmp_path):
         per_gen = json.loads((run / f"gen_{g:02d}" / "metrics.json").read_text())
         for key in ("saturation_mean", "saturation_mean_reference",
                     "hf_energy", "sharpness", "precision", "recall", "density", "coverage"):
-            assert isinstance(row[key], float) and per_gen[key] == row[key], key
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and per_gen[key] == row[key], key
     after = json.loads((run / "gen_00" / "metrics.json").read_text())
     for key, value in before.items():  # what was there stays (fd_classifier, bookkeeping)
         assert after[key] == value, key
@@ -66,8 +72,8 @@ def test_run_mode_rewrites_metrics_of_every_generation(finished_run, tmp_path):
 
 
 def test_run_mode_bad_input(tmp_path, finished_run):
-    _one_line_error(run_evaluate(tmp_path, "--metrics", "fid_inception"), "not a chain run directory")
-    _one_line_error(run_evaluate(finished_run, "--metrics", "nope"), "unknown metric 'nope'", "fid_inception")
+    _one_line_error(evaluate_in_process(tmp_path, "--metrics", "fid_inception"), "not a chain run directory")
+    _one_line_error(evaluate_in_process(finished_run, "--metrics", "nope"), "unknown metric 'nope'", "fid_inception")
 
 
 def test_folder_mode_json_last_line(tmp_path):
@@ -77,6 +83,7 @@ def test_folder_mode_json_last_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result) == {"fd_pixels", "precision", "saturation_mean", "saturation_std", "memorization"}
+    assert all(math.isfinite(v) for v in result.values()), result
     assert "mixed sizes" in proc.stderr  # 12 px fakes against 16 px reals: said, not silent
 
 
@@ -85,23 +92,25 @@ def test_folder_mode_bad_input(tmp_path):
     one = _folder(tmp_path / "one", 1, 1)
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(run_evaluate("--real", real, "--fake", empty), "no images")
-    _one_line_error(run_evaluate("--real", real, "--fake", one, "--metrics", "fd_classifier"), "at least 2")
-    _one_line_error(run_evaluate("--real", real, "--fake", real, "--metrics", "fidx"), "unknown metric", "kid_inception")
-    _one_line_error(run_evaluate("--real", real, "--fake", real, "--metrics", "clip_score"), "clip_score needs captions")
-    _one_line_error(run_evaluate("--real", real), "--real and --fake")
+    _one_line_error(evaluate_in_process("--real", real, "--fake", empty), "no images")
+    _one_line_error(evaluate_in_process("--real", real, "--fake", one, "--metrics", "fd_classifier"), "at least 2")
+    _one_line_error(evaluate_in_process("--real", real, "--fake", real, "--metrics", "fidx"), "unknown metric",
+                    "kid_inception")
+    _one_line_error(evaluate_in_process("--real", real, "--fake", real, "--metrics", "clip_score"),
+                    "clip_score needs captions")
+    _one_line_error(evaluate_in_process("--real", real), "--real and --fake")
 
 
-def test_folder_mode_without_inception_weights_says_how(tmp_path):
+def test_folder_mode_without_inception_weights_says_how(tmp_path, monkeypatch):
     real = _folder(tmp_path / "real", 4, 0)
     env_home = tmp_path / "torch_home"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--real", str(real), "--fake", str(real), "--metrics",
-                           "fid_inception"], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, "TORCH_HOME": str(env_home),
-                               "CHAIN_OF_DIFFUSION_INCEPTION_WEIGHTS": ""})
+    monkeypatch.setenv("TORCH_HOME", str(env_home))
+    monkeypatch.setenv("CHAIN_OF_DIFFUSION_INCEPTION_WEIGHTS", "")
+    proc = evaluate_in_process("--real", real, "--fake", real, "--metrics", "fid_inception")
     _one_line_error(proc, "fetch_inception.py", str(env_home))
 
 
 @pytest.mark.parametrize("flag", ["--help"])
 def test_help(flag):
-    assert run_evaluate(flag).returncode == 0
+    proc = evaluate_in_process(flag)
+    assert proc.returncode == 0 and "usage" in proc.stdout.lower()

@@ -1,18 +1,24 @@
 """The Stable Diffusion LoRA chain end to end, on a random-weight tiny_sd pipeline folder."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, call_main, cli, load_script, run_cli
 from PIL import Image
 
 LORA = ROOT / "configs" / "tiny_sd_lora.yaml"
 SMALL = ["data.num_train=24", "data.num_heldout=24", "train.steps=8", "train.checkpoint_every=4",
          "train.log_every=4", "train.lr=1e-2", "sample.steps=4", "metrics.classifier_steps=20"]
+# plumbing-only runs (a setting is accepted and lands in the saved adapter): 1 generation of 16 images,
+# 2 training and 2 sampling steps, pixel metrics (no classifier to train)
+PLUMBING = [*SMALL, "generations=1", "data.num_train=16", "data.num_heldout=16", "train.steps=2",
+            "train.checkpoint_every=2", "train.log_every=1", "train.lr_warmup_steps=1", "sample.steps=2",
+            "metrics.features=pixels", "metrics.names=[memorization]"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def _pipeline(base, lora_folder):
 
 
 def _pipeline_image(pipe, record, cfg) -> np.ndarray:
-    from chain_of_diffusion.samplers import make_scheduler
+    from chain_of_diffusion.processes.ddpm import make_scheduler
 
     pipe.scheduler = make_scheduler(cfg["sample"]["scheduler"], pipe.scheduler.config)
     out = pipe(record["text"], num_inference_steps=cfg["sample"]["steps"], guidance_scale=cfg["sample"]["guidance_scale"],
@@ -86,14 +92,13 @@ def test_kohya_export_loads_in_diffusers_with_the_same_weights(lora_run, tiny_sd
     assert lora_keys and set(lora_keys) == {k for k in via_kohya if "lora" in k}
     for k in lora_keys:
         assert torch.allclose(via_kohya[k], via_diffusers[k]), k
-    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_lora.py"), str(lora_run / "gen_00" / "model"),
-                            "--out", str(out)], capture_output=True, text=True)
+    again = call_main(load_script("export_lora").main, str(lora_run / "gen_00" / "model"), "--out", str(out))
     assert again.returncode == 2 and "exists" in again.stderr and again.stderr.count("\n") == 1
 
 
 def test_missing_pretrained_weights_say_what_to_download(tmp_path):
-    proc = run_cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", "model.pretrained=nobody/no-such-model",
-                   env={"HF_HUB_OFFLINE": "1"})
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    proc = cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", "model.pretrained=nobody/no-such-model")
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "nobody/no-such-model" in line and "hf download" in line and "Traceback" not in proc.stderr
@@ -105,16 +110,16 @@ def test_incomplete_pipeline_folder_is_named(tmp_path, tiny_sd_pipeline):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sd_pipeline, broken)
     shutil.rmtree(broken / "vae")
-    proc = run_cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", f"model.pretrained={broken}", *SMALL)
+    proc = cli("--config", str(LORA), f"output_dir={tmp_path / 'r'}", f"model.pretrained={broken}", *SMALL)
     assert proc.returncode == 2 and "vae/" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bf16_lora_chain_runs_on_cpu_and_fp16_is_refused(tmp_path, tiny_sd_pipeline):
-    common = ["--config", str(LORA), f"model.pretrained={tiny_sd_pipeline}", "generations=1", *SMALL]
+    common = ["--config", str(LORA), f"model.pretrained={tiny_sd_pipeline}", *PLUMBING]
     proc = run_cli(*common, f"output_dir={tmp_path / 'bf16'}", "train.mixed_precision=bf16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "bf16" / "gen_00" / "model" / "pytorch_lora_weights.safetensors").is_file()
-    proc = run_cli(*common, f"output_dir={tmp_path / 'fp16'}", "train.mixed_precision=fp16")
+    proc = cli(*common, f"output_dir={tmp_path / 'fp16'}", "train.mixed_precision=fp16")
     assert proc.returncode == 2 and "bf16" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "fp16" / "gen_00").exists()  # refused before any work
 
@@ -125,7 +130,7 @@ def test_text_encoder_lora_is_saved_and_reproduced_by_the_pipeline(tmp_path, tin
 
     out = tmp_path / "te"
     proc = run_cli("--config", str(LORA), f"output_dir={out}", f"model.pretrained={tiny_sd_pipeline}",
-                   "generations=1", "train.lora_text_encoder=true", *SMALL)
+                   "train.lora_text_encoder=true", *PLUMBING)
     assert proc.returncode == 0, proc.stderr[-2000:]
     keys = load_file(out / "gen_00" / "model" / "pytorch_lora_weights.safetensors")
     te = {k: v for k, v in keys.items() if k.startswith("text_encoder.")}

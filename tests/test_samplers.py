@@ -7,7 +7,8 @@ from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import ModelConfig, SampleConfig
 from chain_of_diffusion.generate import render
 from chain_of_diffusion.models.build import build_model, encode_captions
-from chain_of_diffusion.samplers import guidance_scales, sample
+from chain_of_diffusion.models.denoisers import UNetDenoiser
+from chain_of_diffusion.processes import DDPMProcess, guidance_scales
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +39,12 @@ def test_scale_one_skips_the_unconditional_half_with_the_same_result(model):
     noise = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     emb = encode_captions(model, ["a", "b", "c", ""])
     cond, uncond = emb[torch.arange(40) % 3], emb[3:]
-    fast = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0] * 3)
+    process, net = DDPMProcess(model.noise_scheduler, sampler="ddim"), UNetDenoiser(counting, rows=UNET_ROWS)
+    fast = process.sample(net, noise, cond, uncond, steps=3, guidance=[1.0] * 3)
     per_step = -(-40 // UNET_ROWS)
     assert calls == [UNET_ROWS] * 3 * per_step  # 40 conditional rows in fixed-size calls, no unconditional half
     calls.clear()
-    full = sample(counting, model.noise_scheduler.config, noise, cond, uncond, steps=3, guidance=[1.0 + 1e-7] * 3)
+    full = process.sample(net, noise, cond, uncond, steps=3, guidance=[1.0 + 1e-7] * 3)
     assert calls == [UNET_ROWS] * 3 * -(-80 // UNET_ROWS)  # 80 rows: the unconditional half is computed
     assert torch.allclose(fast, full, atol=1e-4)
 

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, call_main, load_script
 from PIL import Image
 
 from chain_of_diffusion.data.imageset import read_metadata, write_metadata
@@ -19,7 +19,13 @@ def _image_set(folder, n=12):
 
 
 def _run(*args):
+    """The script as a real process."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "select.py"), *args], capture_output=True, text=True)
+
+
+def _in_process(*args):
+    """``main(args)`` in this process (for bad input, which stops before any work)."""
+    return call_main(load_script("select").main, *args)
 
 
 def test_select_script_curates_an_image_set(tmp_path):
@@ -35,22 +41,22 @@ def test_select_script_curates_an_image_set(tmp_path):
 
 
 def test_select_script_bad_input(tmp_path):
-    proc = _run("--in", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--budget", "2")
+    proc = _in_process("--in", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--budget", "2")
     assert proc.returncode == 2 and "metadata.jsonl" in proc.stderr and "Traceback" not in proc.stderr
     _image_set(tmp_path / "in")
-    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--method", "magic")
+    proc = _in_process("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--method", "magic")
     assert proc.returncode == 2 and "magic" in proc.stderr
 
 
 def test_select_script_refuses_a_budget_above_the_pool_and_spaces_without_weights(tmp_path):
     _image_set(tmp_path / "in")
-    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "13")
+    proc = _in_process("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "13")
     assert proc.returncode == 2 and "--budget 13" in proc.stderr and "12 images" in proc.stderr
-    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2",
+    proc = _in_process("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2",
                 "--features", "inception", "--set", f"metrics.inception_weights={tmp_path / 'none.pth'}")
     assert proc.returncode == 2 and "none.pth" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    proc = _run("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--features", "sift")
+    proc = _in_process("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--features", "sift")
     assert proc.returncode == 2 and "pixels" in proc.stderr
     assert not (tmp_path / "out").exists()
 

@@ -1,8 +1,11 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 
-from conftest import ROOT, SMOKE, TINY_OVERRIDES
+import pytest
+from conftest import ONE_THREAD, ROOT, SHARED_METRICS, SMOKE, TINY_OVERRIDES, call_main, load_script
 
 from chain_of_diffusion.metrics.compare import curves, last_generation_table, load_runs, variant_of
 
@@ -31,21 +34,110 @@ def test_compare_groups_seeds_and_averages(tmp_path):
     assert "fd_classifier.png" in (tmp_path / "cmp" / "comparison.md").read_text()
 
 
-def test_sweep_runs_every_variant_and_seed(tmp_path):
+def _sweep(tmp_path, variants, seeds="1", timeout=900):
+    """scripts/sweep.py on the shared run's config, 1 generation, 1 thread per chain (as the shared run)."""
     out = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SMOKE), "--variants",
-         "baseline,rediFine", "--seeds", "1", "--out", str(out), *TINY_OVERRIDES, "generations=1"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--config", str(SMOKE), "--variants", variants,
+         "--seeds", seeds, "--out", str(out), *TINY_OVERRIDES, *SHARED_METRICS, "generations=1"],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **ONE_THREAD},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def _pngs(run):
+    return {p.name: p.read_bytes() for p in (run / "gen_00" / "samples").glob("*.png")}
+
+
+def _check_rediFine(run, finished_run):
+    assert (run / "metrics.jsonl").is_file()
+    cfg = (run / "config.yaml").read_text()
+    assert "condition_drop: 0.1" in cfg and "guidance_schedule: linear" in cfg
+    # the chain's own output went to the run's sweep.log
+    assert "run directory:" in (run / "sweep.log").read_text()
+    # the preset really changed the samples: every image differs from the baseline's (the shared run
+    # is the baseline at the same seed and settings; tests/test_chain.py checks that a 1-generation run
+    # reproduces its gen_00 byte for byte)
+    ours, baseline = _pngs(run), _pngs(finished_run)
+    assert len(ours) == len(baseline) == 48 and ours.keys() == baseline.keys()
+    assert all(ours[n] != baseline[n] for n in ours)
+
+
+def test_sweep_runs_a_variant_through_the_real_chain(tmp_path, finished_run):
+    """1 variant x 1 seed at the shared run's size; the slow tier runs 2 variants."""
+    out = _sweep(tmp_path, "rediFine")
+    assert sorted(p.name for p in out.iterdir()) == ["rediFine"]
+    _check_rediFine(out / "rediFine" / "seed0", finished_run)
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_variant_and_seed(tmp_path, finished_run):
+    out = _sweep(tmp_path, "baseline,rediFine")
     for variant in ("baseline", "rediFine"):
         assert (out / variant / "seed0" / "metrics.jsonl").is_file()
-    cfg = (out / "rediFine" / "seed0" / "config.yaml").read_text()
-    assert "condition_drop: 0.1" in cfg and "guidance_schedule: linear" in cfg
+        assert (out / variant / "seed0" / "sweep.log").is_file()
+    # the baseline is the shared run's config: its images are the shared run's, byte for byte
+    assert _pngs(out / "baseline" / "seed0") == _pngs(finished_run)
+    _check_rediFine(out / "rediFine" / "seed0", finished_run)
 
 
-def test_sweep_rejects_unknown_variant(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), "--variants", "magic"],
-                          capture_output=True, text=True)
+# a stand-in for scripts/chain.py: as chatty as a chain's progress bars (far more than a pipe's 64 KiB),
+# and failing on request with a last line to show
+FAKE_CHAIN = r"""
+import sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+out = Path(args["output_dir"])
+for i in range(4000):
+    sys.stderr.write(f"\rgen 0 train: {i:5d}/4000 " + "#" * 60)
+sys.stderr.write("\n")
+print("fake chain done", flush=True)
+if args.get("fail") == "1":
+    print("boom: the reason it failed", file=sys.stderr)
+    sys.exit(3)
+(out / "metrics.jsonl").write_text('{"generation": 0}\n')
+"""
+
+
+def _fake_sweep_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "scripts").mkdir(parents=True)
+    (root / "configs" / "mitigations").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "sweep.py", root / "scripts" / "sweep.py")
+    (root / "scripts" / "chain.py").write_text(FAKE_CHAIN)
+    return root
+
+
+def test_sweep_streams_a_chatty_chain_to_its_log_instead_of_a_pipe(tmp_path):
+    # ~300 KiB on stderr: with the output piped and read only after the child exits, the child blocks
+    # on the full pipe and the sweep waits for it forever (the timeout turns that hang into a failure)
+    root = _fake_sweep_root(tmp_path)
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sweep.py"), "--seeds", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for seed in (0, 1):
+        run = out / "baseline" / f"seed{seed}"
+        assert (run / "metrics.jsonl").is_file()
+        log = (run / "sweep.log").read_text()
+        assert "fake chain done" in log and log.count("gen 0 train:") == 4000
+    assert "baseline/seed1: done" in proc.stdout
+
+
+def test_sweep_prints_the_last_lines_of_a_failed_chain(tmp_path):
+    root = _fake_sweep_root(tmp_path)
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "sweep.py"), "--out", str(out), "fail=1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "baseline/seed0: FAILED (exit 3)" in proc.stdout
+    assert str(out / "baseline" / "seed0" / "sweep.log") in proc.stdout
+    tail = proc.stdout.split("FAILED", 1)[1]
+    assert "boom: the reason it failed" in tail and "fake chain done" in tail
+    assert len(tail.splitlines()) <= 22  # the last lines only, not the 300 KiB
+
+
+def test_sweep_rejects_unknown_variant():
+    proc = call_main(load_script("sweep").main, "--variants", "magic")
     assert proc.returncode == 2 and "magic" in proc.stderr and "greedy_entropy" in proc.stderr

@@ -150,7 +150,7 @@ def test_lora_training_resumes_exactly_from_an_adapter_only_checkpoint(tmp_path,
 def test_min_snr_weights():
     from diffusers import DDPMScheduler
 
-    from chain_of_diffusion.objectives import min_snr_weights
+    from chain_of_diffusion.processes.ddpm import min_snr_weights
 
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     t = torch.tensor([0, 500, 999])

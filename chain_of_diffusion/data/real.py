@@ -13,7 +13,8 @@ import torch
 
 from chain_of_diffusion.config import ChainConfig
 from chain_of_diffusion.data.imageset import save_png, write_metadata
-from chain_of_diffusion.data.sources import DataError, load_source
+from chain_of_diffusion.data.sources import load_source
+from chain_of_diffusion.errors import DataError
 from chain_of_diffusion.seeding import generator
 
 SPLITS = ("heldout", "train", "pool")

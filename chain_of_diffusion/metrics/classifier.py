@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from chain_of_diffusion.runs import atomic_replace, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -211,27 +212,14 @@ def accuracy(model: FeatureClassifier, images: Tensor, labels: Tensor, batch_siz
     return float((logits.argmax(dim=1) == labels.cpu()).float().mean())
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_classifier(model: FeatureClassifier, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created). Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
-    _atomic_write(
-        folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(model.config, indent=2) + "\n")
-    )
+    with atomic_replace(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(folder / CONFIG_NAME, model.config, indent=2, sort_keys=False)
     return folder
 
 

@@ -1,11 +1,16 @@
-"""Files -> metrics: evaluate one generation of a run, or any two image folders.
+"""Files -> metrics: evaluate one generation of a chain, or any two image folders.
 
-The reference (held-out real) features of the pretrained feature spaces are cached in the run's
-``reference/`` folder on first use (``features_<space>.safetensors``), so every generation and
-every re-evaluation with ``scripts/evaluate.py`` pays for them once. The samples' features in those
+This module reads and writes files in the folders it is given (:class:`ReferenceFolders`,
+:class:`GenerationFolders`) and knows nothing of the run directory's layout: the evaluate and
+reference stages (:mod:`chain_of_diffusion.stages`) and ``scripts/evaluate.py`` say where things
+are. The names -> values step is :func:`~.suite.compute_metrics`, for every caller.
+
+The reference (held-out real) features of the pretrained feature spaces are cached in the chain's
+reference folder on first use (``features_<space>.safetensors``), so every generation and every
+re-evaluation with ``scripts/evaluate.py`` pays for them once. The samples' features in those
 spaces are extracted by the evaluate stage sharded over processes (:func:`sample_features_sharded`)
-and cached next to the generation's metrics (``gen_XX/evaluation/features_<space>.safetensors``,
-tagged with a hash of the image set's file names), where ``scripts/evaluate.py`` finds them.
+and cached next to the generation's metrics (``features_<space>.safetensors`` in the evaluate
+folder, tagged with a hash of the image set's file names), where ``scripts/evaluate.py`` finds them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from chain_of_diffusion.data.imageset import ImageSetError, load_images, read_metadata
+from chain_of_diffusion.runs import atomic_replace, atomic_write_json
 
 from .drift import DRIFT_NAMES
 from .suite import (
@@ -36,11 +43,39 @@ from .suite import (
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# computed inline by the evaluate stage (sharded over processes); the rest go through compute_metrics
-STAGE_INLINE = ("fd_classifier", "memorization", "generalization", "entropy")
+HELDOUT_FEATURES = "heldout_features.safetensors"  # the cheap space's held-out features (reference stage)
+CLASSIFIER = "classifier"  # the real-data classifier's folder in the reference folder
+DRIFT = "drift.json"  # the held-out images' drift statistics in the reference folder
 
 
-# ---- a run's generation ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReferenceFolders:
+    """What a generation is compared against. ``reference``: the chain's reference folder (the
+    held-out features, the classifier, the cached pretrained features, drift statistics);
+    ``heldout``: the held-out real image set."""
+
+    reference: Path
+    heldout: Path
+
+
+@dataclass(frozen=True)
+class GenerationFolders:
+    """The folders one generation's evaluation reads and writes. ``samples``: its image set;
+    ``train_set``: what it trained on (memorization, generalization, entropy); ``features``: where
+    the samples' pretrained features are cached (the evaluate stage's folder)."""
+
+    samples: Path
+    train_set: Path
+    features: Path
+    reference: ReferenceFolders
+
+
+def _save_features(path: Path, features: Tensor, metadata: dict | None = None) -> None:
+    with atomic_replace(path) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)
+
+
+# ---- a chain's generation --------------------------------------------------------------------
 def _cache_name(cfg, space: str) -> str:
     if space == "clip":  # the embedding depends on the model and its weights
         tag = f"{cfg.metrics.clip_model}_{Path(str(cfg.metrics.clip_pretrained)).name}"
@@ -53,26 +88,24 @@ def _cache_name(cfg, space: str) -> str:
     return f"features_{space}.safetensors"
 
 
-def reference_features(cfg, run, spaces: FeatureSpaces):
-    """space -> (M, D) held-out features; cached in ``reference/`` (written atomically)."""
+def reference_features(cfg, ref: ReferenceFolders, spaces: FeatureSpaces):
+    """space -> (M, D) held-out features; cached in ``ref.reference`` (written atomically)."""
     memo: dict[str, Tensor] = {}
 
     def get(space: str) -> Tensor:
         if space in memo:
             return memo[space]
         if space == cfg.metrics.features and space in ("classifier", "pixels"):
-            memo[space] = load_file(str(run.reference / "heldout_features.safetensors"))["features"]
+            memo[space] = load_file(str(Path(ref.reference) / HELDOUT_FEATURES))["features"]
             return memo[space]
-        path = run.reference / _cache_name(cfg, space)
+        path = Path(ref.reference) / _cache_name(cfg, space)
         if path.exists():
             memo[space] = load_file(str(path))["features"]
             return memo[space]
-        heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
+        heldout = load_images(ref.heldout, read_metadata(ref.heldout))
         memo[space] = spaces(space, heldout).contiguous()
         if space in PRETRAINED_SPACES:  # the pixel/classifier spaces are cheap to recompute
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({"features": memo[space]}, str(tmp))
-            tmp.replace(path)
+            _save_features(path, memo[space])
         return memo[space]
 
     return get
@@ -99,9 +132,7 @@ def load_sample_features(folder: Path, cfg, space: str, key: str) -> Tensor | No
 def save_sample_features(folder: Path, cfg, space: str, key: str, features: Tensor) -> Path:
     """Write ``features`` of the image set ``key`` atomically into ``folder``."""
     path = Path(folder) / _cache_name(cfg, space)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": features.contiguous()}, str(tmp), metadata={"image_set": key, "space": space})
-    tmp.replace(path)
+    _save_features(path, features, metadata={"image_set": key, "space": space})
     return path
 
 
@@ -145,32 +176,30 @@ def _features_sharded(folder: Path, records: Sequence[dict], space: str, acceler
     return _gather_rows(accelerator, feats) if accelerator.num_processes > 1 else feats
 
 
-def reference_stage_features(cfg, run, out: Path, accelerator, spaces: FeatureSpaces) -> dict:
-    """Called by every process in the reference stage: the held-out real images' features in every
-    pretrained space the metrics need (Inception, CLIP, DINOv2), extracted over processes and written
-    by the main process into ``out`` (the reference folder being built), where every generation's
-    evaluation reads them; and ``fid_inception_reference`` / ``kid_inception_reference`` (+
-    ``kid_inception_std_reference``), the real training set against the held-out one: the floor a
-    generation's value is read against. Returns that summary on the main process ({} elsewhere).
+def reference_stage_features(cfg, heldout_dir: Path, train_dir: Path, out: Path, accelerator,
+                             spaces: FeatureSpaces) -> dict:
+    """Called by every process in the reference stage: the held-out real images' (``heldout_dir``)
+    features in every pretrained space the metrics need (Inception, CLIP, DINOv2), extracted over
+    processes and written by the main process into ``out`` (the reference folder being built), where
+    every generation's evaluation reads them; and ``fid_inception_reference`` /
+    ``kid_inception_reference`` (+ ``kid_inception_std_reference``), the real training set
+    (``train_dir``) against the held-out one: the floor a generation's value is read against.
+    Returns that summary on the main process ({} elsewhere).
     """
     from .kid import kernel_distance
     from .suite import fid_torch_fidelity
 
-    heldout_dir = run.real / "heldout"
     heldout_records = read_metadata(heldout_dir)
     held: dict[str, Tensor] = {}
     for space in sample_spaces(cfg.metrics.names, cfg.metrics):
         held[space] = _features_sharded(heldout_dir, heldout_records, space, accelerator, spaces)
         if accelerator.is_main_process:
-            path = Path(out) / _cache_name(cfg, space)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({"features": held[space].contiguous()}, str(tmp))
-            tmp.replace(path)
+            _save_features(Path(out) / _cache_name(cfg, space), held[space])
     names = set(cfg.metrics.names)
     if not names & {"fid_inception", "kid_inception"}:
         return {}
-    train_records = read_metadata(run.real / "train")
-    real = _features_sharded(run.real / "train", train_records, "inception", accelerator, spaces)
+    train_records = read_metadata(train_dir)
+    real = _features_sharded(train_dir, train_records, "inception", accelerator, spaces)
     if not accelerator.is_main_process:
         return {}
     summary = {}
@@ -183,61 +212,55 @@ def reference_stage_features(cfg, run, out: Path, accelerator, spaces: FeatureSp
     return summary
 
 
-def reference_drift(run) -> dict:
-    """Drift statistics of the held-out real images, cached in ``reference/drift.json``."""
+def reference_drift(ref: ReferenceFolders) -> dict:
+    """Drift statistics of the held-out real images, cached in the reference folder's ``drift.json``."""
     from .drift import drift_statistics
 
-    path = run.reference / "drift.json"
+    path = Path(ref.reference) / DRIFT
     if path.exists():
         return json.loads(path.read_text())
-    stats = drift_statistics(load_images(run.real / "heldout", read_metadata(run.real / "heldout")))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    stats = drift_statistics(load_images(ref.heldout, read_metadata(ref.heldout)))
+    atomic_write_json(path, stats)
     return stats
 
 
-def evaluated_sample_records(cfg, run, generation: int) -> list[dict]:
-    """The samples a generation is judged on: the first N by index, N the selection budget.
+def first_by_index(records: Sequence[dict], budget: int) -> list[dict]:
+    """The samples a generation is judged on: those with ``index`` below ``budget`` (the selection
+    budget N), i.e. the first N drawn, each with its own seed, before any selection.
 
     With ``select.oversample`` > 1 the generate stage renders more candidates than are kept; taking
-    the first N (each drawn with its own seed, before any selection) measures the model on as
-    many images as a variant without oversampling, so metrics that depend on the sample count
-    (Fréchet distances above all) compare across variants.
+    the first N measures the model on as many images as a variant without oversampling, so metrics
+    that depend on the sample count (Fréchet distances above all) compare across variants.
     """
-    from chain_of_diffusion.requests import selection_budget
-
-    records = read_metadata(run.stage_path(generation, "samples"))
-    budget = selection_budget(cfg, run)
     return [r for r in records if int(r.get("index", 0)) < budget]
 
 
-def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifier=None,
-                        sample_features: dict[str, Tensor] | None = None, feature_dir: Path | None = None,
+def evaluate_generation(cfg, folders: GenerationFolders, records: Sequence[dict], names, device="cpu",
+                        classifier=None, sample_features: dict[str, Tensor] | None = None,
                         spaces: FeatureSpaces | None = None) -> dict:
-    """Metrics ``names`` of generation ``generation``'s samples (main process).
+    """Metrics ``names`` of a generation's samples ``records`` (in ``folders.samples``; main process).
 
-    The samples' Inception/CLIP/DINOv2 features are taken from ``sample_features`` (the evaluate stage's
-    sharded extraction), else from the cache in ``feature_dir`` (default: the generation's finished
-    evaluate folder), else extracted here and written to that cache. ``spaces``: extractors to reuse.
-    Drift statistics also get ``<key>_reference``: the same statistic of the held-out real images.
+    ``sample_features``: space -> (N, D) features of the samples already extracted (the evaluate
+    stage's sharded extraction); the samples' Inception/CLIP/DINOv2 features not given are read from
+    the cache in ``folders.features``, else extracted here and written to that cache (where the
+    folder exists). ``spaces``: extractors to reuse. Drift statistics also get ``<key>_reference``:
+    the same statistic of the held-out real images.
     """
     names = check_names(names)
     if not names:
         return {}
-    samples_dir = run.stage_path(generation, "samples")
-    records = evaluated_sample_records(cfg, run, generation)
-    samples = load_images(samples_dir, records)
-    if classifier is None and cfg.metrics.features == "classifier" and (run.reference / "classifier").exists():
+    ref = folders.reference
+    samples = load_images(folders.samples, records)
+    classifier_dir = Path(ref.reference) / CLASSIFIER
+    if classifier is None and cfg.metrics.features == "classifier" and classifier_dir.exists():
         from .classifier import load_classifier
 
-        classifier = load_classifier(run.reference / "classifier")
+        classifier = load_classifier(classifier_dir)
     spaces = spaces or FeatureSpaces(cfg.metrics, classifier=classifier, device=device)
     train = None
     if {"memorization", "generalization", "entropy"} & set(names):
-        train_dir = run.stage_path(generation, "train_set")
-        train = load_images(train_dir, read_metadata(train_dir))
-    feature_dir = Path(feature_dir) if feature_dir is not None else run.stage_path(generation, "evaluation")
+        train = load_images(folders.train_set, read_metadata(folders.train_set))
+    feature_dir = Path(folders.features)
     key = image_set_key(records)
     given = dict(sample_features or {})
     for space in sample_spaces(names, cfg.metrics):
@@ -248,12 +271,12 @@ def evaluate_generation(cfg, run, generation: int, names, device="cpu", classifi
             if feature_dir.is_dir():
                 save_sample_features(feature_dir, cfg, space, key, given[space])
     out = compute_metrics(
-        names, cfg.metrics, spaces, samples, reference_features(cfg, run, spaces),
+        names, cfg.metrics, spaces, samples, reference_features(cfg, ref, spaces),
         captions=[r.get("text") for r in records], train=train, sample_features=given,
     )
     if set(DRIFT_METRICS) & set(names):
-        ref = reference_drift(run)
-        out.update({f"{k}_reference": ref[k] for k in DRIFT_NAMES if k in out})
+        drift_ref = reference_drift(ref)
+        out.update({f"{k}_reference": drift_ref[k] for k in DRIFT_NAMES if k in out})
     return out
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+from chain_of_diffusion.runs import atomic_replace
 
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
@@ -50,19 +50,6 @@ def make_grid_image(images: Tensor, nrow: int, scale: int = 1, padding: int = 2)
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     return image
-
-
-def _atomic_path(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_number(value: object) -> bool:
@@ -124,7 +111,8 @@ def plot_metric_curves(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.legend(loc="best", fontsize="small")
         fig.tight_layout()
         path = out_dir / f"{_safe_filename(name)}.png"
-        _atomic_path(path, lambda p, fig=fig: fig.savefig(p, format="png"))
+        with atomic_replace(path) as tmp:
+            fig.savefig(tmp, format="png")
         paths.append(path)
     return paths
 
@@ -268,5 +256,6 @@ def write_report(run_dir: Path) -> Path:
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
     page = render_report(run_dir, rows, curves, _generation_grids(run_dir), config_text)
     out = run_dir / REPORT_NAME
-    _atomic_path(out, lambda p: p.write_text(page, encoding="utf-8"))
+    with atomic_replace(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out

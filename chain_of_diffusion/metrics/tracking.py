@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from chain_of_diffusion.errors import ConfigError
+from chain_of_diffusion.runs import atomic_write_text
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 WANDB_PROJECT = "chain-of-diffusion"
@@ -116,7 +117,5 @@ def log_pending(kind: str, output_dir: str | Path, rows: list[dict], grids: dict
         log_generation(kind, output_dir, row, (grids or {}).get(g))
         done.add(g)
         now.append(g)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(sorted(done)) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(sorted(done)) + "\n")
     return now

@@ -51,6 +51,12 @@ class T2IModel:
         return self.unet.config.in_channels
 
     @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one example in the space the UNet denoises: (C, H, W) of pixels or latents."""
+        size = self.unet.config.sample_size
+        return (self.latent_channels, size, size)
+
+    @property
     def vae_scale(self) -> int:
         """Pixels per latent pixel along one side (1 in pixel space)."""
         if self.vae is None:

@@ -11,13 +11,14 @@ a run directory (one base model per run).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from chain_of_diffusion.runs import atomic_replace
 
 
 def file_key(path: str | Path, variant: str = "") -> str:
@@ -64,9 +65,8 @@ class EncodingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256("\n".join(sorted(tensors)).encode()).hexdigest()[:16]
         path = self.folder / f"shard-{name}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        with atomic_replace(path) as tmp:
+            save_file(tensors, str(tmp))
         return len(tensors)
 
     def load(self, keys: Sequence[str]) -> torch.Tensor:

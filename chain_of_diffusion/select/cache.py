@@ -8,13 +8,14 @@ The caller names the file after everything else the features depend on (space, m
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from chain_of_diffusion.runs import atomic_replace
 
 
 def file_digest(path: str | Path) -> str:
@@ -56,10 +57,8 @@ def cached_features(
             raise ValueError(f"compute returned {new.shape[0]} rows for {len(todo)} images")
         for d, row in zip(first, new.float().cpu()):
             cache[d] = row.contiguous()
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        save_file(cache, str(tmp))
-        os.replace(tmp, cache_file)
+        with atomic_replace(cache_file) as tmp:
+            save_file(cache, str(tmp))
     if not digests:
         return torch.empty(0, 0)
     return torch.stack([cache[d] for d in digests])

@@ -1,8 +1,12 @@
 """evaluate: generation g's metrics against the held-out real split, and its row of the report grid.
 
 Every process extracts features of its share of the evaluated samples (the first N, see
-:func:`~chain_of_diffusion.metrics.evaluation.evaluated_sample_records`); the main process
-computes the metrics. The tracker is told by the chain once this stage has committed.
+:func:`evaluated_sample_records`) in the cheap space (the classifier's, or pixels) and in the
+pretrained spaces the metrics need; the main process gives them to
+:func:`~chain_of_diffusion.metrics.evaluation.evaluate_generation`, which maps the names to values
+(:func:`~chain_of_diffusion.metrics.suite.compute_metrics`). This file is where the run layout
+meets the metrics: :func:`generation_folders` says which folders a generation is evaluated from.
+The tracker is told by the chain once this stage has committed.
 """
 
 from __future__ import annotations
@@ -13,23 +17,39 @@ from typing import Optional
 
 import torch
 from accelerate.utils import gather_object
-from safetensors.torch import load_file
 
 from chain_of_diffusion.data.imageset import load_images, read_metadata
 from chain_of_diffusion.generate import render
-from chain_of_diffusion.metrics import (
-    evaluation,
-    frechet_distance,
-    generalization_score,
-    knn_entropy,
-    memorization_ratio,
-)
+from chain_of_diffusion.metrics import evaluation
 from chain_of_diffusion.metrics.classifier import cheap_features, load_classifier
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.suite import FeatureSpaces
-from chain_of_diffusion.requests import GRID_ROWS, grid_scale
-from chain_of_diffusion.runs import atomic_write_json, read_json
+from chain_of_diffusion.requests import GRID_ROWS, grid_scale, selection_budget
+from chain_of_diffusion.runs import RunDir, atomic_write_json, read_json
 from chain_of_diffusion.stages.base import StageContext
+
+
+def reference_folders(run: RunDir) -> evaluation.ReferenceFolders:
+    """Where a chain's generations are compared against: its reference folder and held-out split."""
+    return evaluation.ReferenceFolders(reference=run.reference, heldout=run.real / "heldout")
+
+
+def generation_folders(run: RunDir, generation: int, features: Optional[Path] = None) -> evaluation.GenerationFolders:
+    """The folders generation ``generation`` is evaluated from; ``features``: where the samples'
+    pretrained features are cached (default: the generation's finished evaluate folder)."""
+    return evaluation.GenerationFolders(
+        samples=run.stage_path(generation, "samples"),
+        train_set=run.stage_path(generation, "train_set"),
+        features=features if features is not None else run.stage_path(generation, EvaluateStage.folder),
+        reference=reference_folders(run),
+    )
+
+
+def evaluated_sample_records(cfg, run: RunDir, generation: int) -> list[dict]:
+    """The samples a generation is judged on: the first N by index, N the selection budget
+    (:func:`~chain_of_diffusion.metrics.evaluation.first_by_index`)."""
+    records = read_metadata(run.stage_path(generation, "samples"))
+    return evaluation.first_by_index(records, selection_budget(cfg, run))
 
 
 class EvaluateStage:
@@ -39,44 +59,31 @@ class EvaluateStage:
 
     def run(self, ctx: StageContext, generation: Optional[int], out: Path) -> dict:
         cfg, run, accelerator = ctx.cfg, ctx.run, ctx.accelerator
-        samples_dir = run.stage_path(generation, "samples")
-        train_dir = run.stage_path(generation, "train_set")
-        sample_records = evaluation.evaluated_sample_records(cfg, run, generation)
+        folders = generation_folders(run, generation, features=out)
+        train_dir = folders.train_set
+        sample_records = evaluated_sample_records(cfg, run, generation)
         classifier = None
         if cfg.metrics.features == "classifier":
-            classifier = load_classifier(run.reference / "classifier")
+            classifier = load_classifier(folders.reference.reference / evaluation.CLASSIFIER)
         spaces = FeatureSpaces(cfg.metrics, classifier=classifier, device=accelerator.device)
         positions = list(range(len(sample_records)))
         with accelerator.split_between_processes(positions) as mine:
-            images = load_images(samples_dir, [sample_records[i] for i in mine])
+            images = load_images(folders.samples, [sample_records[i] for i in mine])
             feats = cheap_features(classifier, images) if len(mine) else torch.empty(0)
-            shard = [(i, feats[k].numpy(), images[k].flatten().numpy()) for k, i in enumerate(mine)]
+            shard = [(i, feats[k].numpy()) for k, i in enumerate(mine)]
         gathered = sorted(gather_object(shard), key=lambda item: item[0])
         # Inception/CLIP features of the samples: sharded too, cached in this stage's folder
         pretrained = evaluation.sample_features_sharded(cfg, images, sample_records, out, accelerator, spaces)
         if not ctx.is_main:
             accelerator.wait_for_everyone()
             return {}
-        sample_features = torch.stack([torch.from_numpy(f) for _, f, _ in gathered])
-        sample_pixels = torch.stack([torch.from_numpy(p) for _, _, p in gathered])
-        train_records = read_metadata(train_dir)
-        train_images = load_images(train_dir, train_records)
-        heldout_features = load_file(str(run.reference / "heldout_features.safetensors"))["features"]
+        # the cheap space's features (metrics.features: classifier or pixels), gathered in order
+        sample_features = {cfg.metrics.features: torch.stack([torch.from_numpy(f) for _, f in gathered]),
+                           **pretrained}
         metrics: dict = {"generation": generation}
-        names = cfg.metrics.names
-        if "fd_classifier" in names:
-            metrics[f"fd_{cfg.metrics.features}"] = frechet_distance(sample_features, heldout_features)
-        if "memorization" in names:
-            metrics["memorization"] = memorization_ratio(sample_pixels, train_images.flatten(1))
-        if "generalization" in names:
-            metrics["generalization"] = generalization_score(sample_pixels, train_images.flatten(1))
-        if "entropy" in names:
-            metrics["entropy"] = knn_entropy(cheap_features(classifier, train_images), k=cfg.metrics.entropy_k)
-        # Inception/CLIP distances, CLIP score, precision/recall, drift: the metrics module's own glue
-        rest = [n for n in names if n not in evaluation.STAGE_INLINE]
-        metrics.update(evaluation.evaluate_generation(cfg, run, generation, rest, device=accelerator.device,
-                                                      classifier=classifier, sample_features=pretrained,
-                                                      feature_dir=out, spaces=spaces))
+        metrics.update(evaluation.evaluate_generation(cfg, folders, sample_records, cfg.metrics.names,
+                                                      device=accelerator.device, classifier=classifier,
+                                                      sample_features=sample_features, spaces=spaces))
         stats = read_json(train_dir / "stats.json", {})
         metrics["real_share"] = stats.get("real_share")
         metrics["num_train_images"] = stats.get("num_train_images")

@@ -23,7 +23,7 @@ from chain_of_diffusion.metrics.classifier import (
     save_classifier,
     train_classifier,
 )
-from chain_of_diffusion.metrics.evaluation import reference_stage_features
+from chain_of_diffusion.metrics.evaluation import CLASSIFIER, HELDOUT_FEATURES, reference_stage_features
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.suite import FeatureSpaces
 from chain_of_diffusion.models.build import build_model, save_model
@@ -52,7 +52,7 @@ class ReferenceStage:
                 base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"))
                 save_model(base, out / "base_model")
         accelerator.wait_for_everyone()
-        pretrained_summary = reference_stage_features(cfg, run, out, accelerator,
+        pretrained_summary = reference_stage_features(cfg, run.real / "heldout", run.real / "train", out, accelerator,
                                                       FeatureSpaces(cfg.metrics, device=accelerator.device))
         if not ctx.is_main:
             return {}
@@ -70,7 +70,7 @@ class ReferenceStage:
         classifier = self._classifier(ctx, train_records, out) if cfg.metrics.features == "classifier" else None
         heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
         heldout_features = cheap_features(classifier, heldout)
-        save_file({"features": heldout_features.contiguous()}, str(out / "heldout_features.safetensors"))
+        save_file({"features": heldout_features.contiguous()}, str(out / HELDOUT_FEATURES))
         train_features = cheap_features(classifier, load_images(run.real / "train", train_records))
         summary: dict = {}
         if "fd_classifier" in cfg.metrics.names:
@@ -100,5 +100,5 @@ class ReferenceStage:
             images, torch.tensor(labels), steps=cfg.metrics.classifier_steps,
             seed=derive_seed(cfg.seed, "classifier"),
         )
-        save_classifier(classifier, out / "classifier")
-        return load_classifier(out / "classifier")
+        save_classifier(classifier, out / CLASSIFIER)
+        return load_classifier(out / CLASSIFIER)

@@ -23,6 +23,7 @@ from chain_of_diffusion.models.cache import EncodingCache, file_key, text_key
 from chain_of_diffusion.models.load import training_model
 from chain_of_diffusion.models.lora import save_lora
 from chain_of_diffusion.models.pretrained import objective_of
+from chain_of_diffusion.processes import make_process
 from chain_of_diffusion.requests import grid_scale
 from chain_of_diffusion.runs import atomic_write_json
 from chain_of_diffusion.seeding import derive_seed
@@ -43,10 +44,11 @@ class TrainStage:
         model = training_model(cfg, ctx.built_base, generation, previous, accelerator.device)
         cache_stats: dict = {}
         data = training_data(ctx, train_dir, records, model, cache_stats)
+        process = make_process(objective_of(model), model.noise_scheduler, snr_gamma=cfg.train.snr_gamma)
         result = train_denoiser(
-            model.unet, model.noise_scheduler, data, cfg.train,
+            model.unet, process, data, cfg.train,
             seed=derive_seed(cfg.seed, "train", generation), accelerator=accelerator,
-            checkpoint_dir=self._checkpoints(ctx, generation), objective=objective_of(model),
+            checkpoint_dir=self._checkpoints(ctx, generation),
             desc=f"gen {generation} train", on_step=validation_hook(ctx, generation, model),
             text_encoder=model.text_encoder if cfg.train.lora_text_encoder else None,
         )

@@ -15,13 +15,14 @@ import pytest
 from PIL import Image
 
 from chain_of_diffusion.config import DataConfig
-from chain_of_diffusion.data import sources
 from chain_of_diffusion.data.sources import SOURCES, DataError, RealExample, SourceData, load_source
+from chain_of_diffusion.data.sources import emoji as emoji_source
+from chain_of_diffusion.data.sources import fashion_mnist as fashion_source
 from chain_of_diffusion.data.transforms import to_resolution
 
 RES = 16
-FONT_PRESENT = any(Path(p).is_file() for p in sources.EMOJI_FONT_PATHS)
-FASHION_PRESENT = sources._idx_files(sources.FASHION_MNIST_DIR) is not None
+FONT_PRESENT = any(Path(p).is_file() for p in emoji_source.EMOJI_FONT_PATHS)
+FASHION_PRESENT = fashion_source._idx_files(fashion_source.FASHION_MNIST_DIR) is not None
 
 
 def cfg(**kwargs) -> DataConfig:
@@ -195,6 +196,24 @@ def test_metadata_record_without_caption(tmp_path):
         load_source(cfg(source="imagefolder", path=str(tmp_path)))
     data = load_source(cfg(source="imagefolder", path=str(tmp_path), on_error="skip"))
     assert len(data.examples) == 1 and data.num_skipped == 1
+
+
+def test_image_without_metadata_record_errors_or_is_skipped(tmp_path):
+    save_image(tmp_path / "a.png")
+    save_image(tmp_path / "sub" / "stray.jpg")  # an image of the folder with no record
+    (tmp_path / "notes.txt").write_text("not an image")  # not an image: no record needed
+    save_image(tmp_path / ".hidden.png")  # hidden files and folders are not part of the set
+    save_image(tmp_path / ".cache" / "thumb.png")
+    write_jsonl(tmp_path, [{"file_name": "a.png", "text": "recorded"}])
+    with pytest.raises(DataError) as err:
+        load_source(cfg(source="imagefolder", path=str(tmp_path)))
+    message = str(err.value)
+    assert str(tmp_path / "sub" / "stray.jpg") in message and "metadata.jsonl" in message
+    assert "data.on_error=skip" in message and "\n" not in message
+
+    data = load_source(cfg(source="imagefolder", path=str(tmp_path), on_error="skip"))
+    assert [ex.text for ex in data.examples] == ["recorded"]
+    assert data.num_skipped == 1 and str(tmp_path / "sub" / "stray.jpg") in data.skipped[0]
 
 
 def test_everything_skipped_is_no_images_found(tmp_path):
@@ -377,7 +396,7 @@ def test_emoji_first_twenty():
     not FONT_PRESENT, reason="Noto Color Emoji font absent (apt-get install fonts-noto-color-emoji)"
 )
 def test_emoji_sequences_and_missing_glyphs():
-    renderer = sources._EmojiRenderer(sources._emoji_font_path(cfg(source="emoji")))
+    renderer = emoji_source._EmojiRenderer(emoji_source._emoji_font_path(cfg(source="emoji")))
     assert renderer.render("\U0001f34e") is not None  # red apple
     assert renderer.render("\U0010ffff") is None  # unassigned: nothing to draw
     assert renderer.render("\U0001f34e\U0001f34e") is None  # two glyphs are not one emoji
@@ -385,12 +404,12 @@ def test_emoji_sequences_and_missing_glyphs():
         family = renderer.render("\U0001f468\u200d\U0001f469\u200d\U0001f467")  # ZWJ: one glyph
         assert family is not None and family.width < 200
         assert renderer.render("\U0001f1ef\U0001f1f5") is not None  # flag of Japan
-    assert sources._emoji_caption("\U0001f1ef\U0001f1f5", ":Japan:") == "flag of Japan emoji"
-    assert sources._emoji_caption("\U0001f34e", ":red_apple:") == "red apple emoji"
+    assert emoji_source._emoji_caption("\U0001f1ef\U0001f1f5", ":Japan:") == "flag of Japan emoji"
+    assert emoji_source._emoji_caption("\U0001f34e", ":red_apple:") == "red apple emoji"
 
 
 def test_emoji_font_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(sources, "EMOJI_FONT_PATHS", (str(tmp_path / "NoFont.ttf"),))
+    monkeypatch.setattr(emoji_source, "EMOJI_FONT_PATHS", (str(tmp_path / "NoFont.ttf"),))
     with pytest.raises(DataError, match="apt-get install fonts-noto-color-emoji .*NoFont.ttf"):
         load_source(cfg(source="emoji", max_images=1))
 
@@ -435,8 +454,8 @@ def test_fashion_mnist_absent_names_the_debian_package(monkeypatch, tmp_path):
     def no_network(root):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "none")
-    monkeypatch.setattr(sources, "_download_fashion_mnist", no_network)
+    monkeypatch.setattr(fashion_source, "FASHION_MNIST_DIR", tmp_path / "none")
+    monkeypatch.setattr(fashion_source, "_download_fashion_mnist", no_network)
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         load_source(cfg(source="fashion_mnist", max_images=5))
 

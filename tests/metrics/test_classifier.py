@@ -54,7 +54,7 @@ def test_digits_held_out_accuracy(trained, digits):
     _, _, x_te, y_te = digits
     acc = accuracy(model, x_te, y_te)
     print(f"held-out accuracy {acc:.4f} after {seconds:.1f} s")
-    assert acc > 0.9
+    assert acc >= 0.99  # the README's figure (597 held-out digits: at most 5 wrong)
     assert not model.training
 
 

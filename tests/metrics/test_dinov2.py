@@ -88,6 +88,7 @@ def test_fd_dinov2_through_the_suite(tiny_dinov2):
 def test_reference_and_sample_features_are_cached_per_model(tiny_dinov2, tmp_path):
     from chain_of_diffusion.data.imageset import save_png, tensor_to_pil, write_metadata
     from chain_of_diffusion.metrics.evaluation import (
+        ReferenceFolders,
         image_set_key,
         load_sample_features,
         reference_features,
@@ -104,10 +105,10 @@ def test_reference_and_sample_features_are_cached_per_model(tiny_dinov2, tmp_pat
     (tmp_path / "reference").mkdir()
     mcfg = SimpleNamespace(features="pixels", dinov2_model=str(tiny_dinov2), batch_size=4, prdc_k=2,
                            prdc_features=None, names=["fd_dinov2"])
-    cfg, run = SimpleNamespace(metrics=mcfg), SimpleNamespace(real=tmp_path / "real", reference=tmp_path / "reference")
-    held = reference_features(cfg, run, FeatureSpaces(mcfg))("dinov2")
+    cfg, ref = SimpleNamespace(metrics=mcfg), ReferenceFolders(reference=tmp_path / "reference", heldout=heldout)
+    held = reference_features(cfg, ref, FeatureSpaces(mcfg))("dinov2")
     (cached,) = (tmp_path / "reference").glob("features_dinov2_tiny-dinov2_*.safetensors")
-    assert torch.equal(reference_features(cfg, run, None)("dinov2"), held)  # read back, no extractor needed
+    assert torch.equal(reference_features(cfg, ref, None)("dinov2"), held)  # read back, no extractor needed
 
     accelerator = SimpleNamespace(num_processes=1, is_main_process=True)
     samples = _images(3, 6)
@@ -142,11 +143,17 @@ def test_another_architecture_or_missing_weights_is_refused(tmp_path, tiny_dinov
         load_dinov2(str(tmp_path / "no_weights"))
 
 
-def test_config_checks_the_model_before_a_chain_starts(tmp_path, tiny_dinov2):
+def test_preflight_checks_the_model_before_a_chain_starts(tmp_path, tiny_dinov2):
+    from chain_of_diffusion.preflight import run_preflight
+
     with pytest.raises(ConfigError, match="metrics.dinov2_model"):
-        load_config([], ["metrics.names=[fd_dinov2]", f"metrics.dinov2_model={tmp_path / 'missing'}"])
+        run_preflight(load_config([], ["metrics.names=[fd_dinov2]", f"metrics.dinov2_model={tmp_path / 'missing'}"]))
+    with pytest.raises(ConfigError, match="metrics.dinov2_model"):  # precision/recall in DINOv2's space
+        run_preflight(load_config([], ["metrics.names=[precision]", "metrics.prdc_features=dinov2",
+                                       f"metrics.dinov2_model={tmp_path / 'missing'}"]))
     cfg = load_config([], ["metrics.names=[fd_dinov2]", f"metrics.dinov2_model={tiny_dinov2}",
                            "metrics.prdc_features=dinov2"])
+    run_preflight(cfg)
     assert cfg.metrics.dinov2_model == str(tiny_dinov2)
     assert find_dinov2_model(cfg.metrics.dinov2_model) == str(tiny_dinov2)
 

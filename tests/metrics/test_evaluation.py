@@ -94,12 +94,14 @@ def test_run_mode_reuses_the_cached_inception_features(inception_run, tmp_path):
     from chain_of_diffusion.config import load_config
     from chain_of_diffusion.metrics.evaluation import evaluate_generation
     from chain_of_diffusion.runs import RunDir
+    from chain_of_diffusion.stages.evaluate import evaluated_sample_records, generation_folders
 
     cache = run / "gen_01" / "evaluation" / "features_inception.safetensors"
     cached, _ = _features(cache)
     cache.unlink()
     cfg = load_config([run / "config.yaml"], [])
-    again = evaluate_generation(cfg, RunDir(run), 1, ["fid_inception"])
+    again = evaluate_generation(cfg, generation_folders(RunDir(run), 1),
+                                evaluated_sample_records(cfg, RunDir(run), 1), ["fid_inception"])
     assert again["fid_inception"] == pytest.approx(before[1]["fid_inception"], rel=1e-5)
     assert torch.allclose(_features(cache)[0], cached, atol=1e-4)
 

@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,10 @@ def inception_weights(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("max |pool3 feature difference|"))
-    assert float(line.rsplit(":", 1)[1]) < 1e-4, line  # the script's own agreement check, printed
+    # the script's own agreement check, printed: the README says the features agree to about 1e-6
+    # (float32 rounding of two implementations of one network, on features of magnitude ~0.1-10)
+    diff = float(line.rsplit(":", 1)[1])
+    assert math.isfinite(diff) and diff < 1e-5, line
     return out
 
 

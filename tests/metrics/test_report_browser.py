@@ -1,16 +1,19 @@
 """report.html opened by a real browser: headless Chromium (Debian's ``chromium``) loads the page
-with no server, every image (curves and grids) decodes, and a screenshot is saved."""
+with no server, every image (curves and grids) decodes, and a screenshot is saved (slow tier).
+The default tier checks the same page without a browser: parsed by html.parser, every image
+decoded by PIL, the metrics table's values read back."""
 
 import html
 import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 
 import pytest
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
 
 # appended to a copy of the page, next to it so relative image paths resolve as in the original
 PROBE = """
@@ -36,6 +39,72 @@ def _chromium(*args, timeout=120):
                            "--virtual-time-budget=10000", *args], capture_output=True, text=True, timeout=timeout)
 
 
+class _Page(HTMLParser):
+    """What the probe script reads in the browser: images (src, class) and tables (head, rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tables, self._cell, self._where = [], [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.imgs.append({"src": attrs.get("src"), "cls": attrs.get("class", "")})
+        elif tag == "table":
+            self.tables.append({"head": [], "rows": []})
+        elif tag in ("thead", "tbody"):
+            self._where = tag
+        elif tag == "tr" and self._where == "tbody":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td"):
+            self._cell = []
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._cell is not None:
+            text, self._cell = "".join(self._cell), None
+            if self._where == "thead":
+                self.tables[-1]["head"].append(text)
+            elif self._where == "tbody":
+                self.tables[-1]["rows"][-1].append(text)
+        elif tag in ("thead", "tbody"):
+            self._where = None
+
+
+def _check_table(table, rows):
+    assert table["head"][0] == "generation"
+    assert [r[0] for r in table["rows"]] == [str(r["generation"]) for r in rows] == ["0", "1"]
+    for key in ("fd_classifier", "memorization", "entropy"):
+        assert key in table["head"], key
+        cells = [r[table["head"].index(key)] for r in table["rows"]]
+        assert all(float(c) == pytest.approx(r[key], rel=1e-3) for c, r in zip(cells, rows)), (key, cells)
+
+
+def test_report_parses_and_every_image_decodes_without_a_browser(finished_run):
+    """The browser test's checks that need no browser (it runs in the slow tier)."""
+    from PIL import Image
+
+    parser = _Page()
+    parser.feed((finished_run / "report.html").read_text())
+    curves = [i for i in parser.imgs if i["cls"] == "curve"]
+    grids = [i for i in parser.imgs if i["cls"] == "grid"]
+    assert len(curves) >= 2 and len(grids) >= 3  # the real row and 2 generations
+    for img in parser.imgs:
+        path = finished_run / img["src"]
+        assert not img["src"].startswith(("/", "http:", "https:", "file:")) and path.is_file(), img["src"]
+        with Image.open(path) as im:
+            im.load()  # decodes the whole file
+            assert im.width > 0 and im.height > 0, img["src"]
+    (table,) = parser.tables
+    rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    _check_table(table, rows)
+
+
+@pytest.mark.slow  # the default tier parses the same page without a browser (above)
+@needs_chromium
 def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -56,11 +125,7 @@ def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
     (table,) = probed["tables"]
     assert table["shown"] and table["head"][0] == "generation"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r[0] for r in table["rows"]] == [str(r["generation"]) for r in rows] == ["0", "1"]
-    for key in ("fd_classifier", "memorization", "entropy"):
-        assert key in table["head"], key
-        cells = [r[table["head"].index(key)] for r in table["rows"]]
-        assert all(float(c) == pytest.approx(r[key], rel=1e-3) for c, r in zip(cells, rows)), (key, cells)
+    _check_table(table, rows)
 
     shot = tmp_path / "report.png"
     proc = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", (run / "report.html").as_uri())
