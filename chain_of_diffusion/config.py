@@ -218,9 +218,17 @@ def selection_space(cfg: ChainConfig) -> str:
 
 
 def validate(cfg: ChainConfig) -> None:
-    """Range and choice checks that the type system cannot express."""
+    """Range and choice checks that the type system cannot express, section by section (the first
+    bad value raises). Whether files or weights exist is preflight.py's business."""
     _at_least("generations", cfg.generations, 1)
     _at_least("seed", cfg.seed, 0)
+    for check in (_validate_data, _validate_model, _validate_train, _validate_sample, _validate_mix,
+                  _validate_select, _validate_metrics):
+        check(cfg)
+
+
+def _validate_data(cfg: ChainConfig) -> None:
+    """data.*"""
     d = cfg.data
     from chain_of_diffusion.data.sources import SOURCES  # the registry; imports no torch, PIL, numpy
 
@@ -233,12 +241,21 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("data.min_size", d.min_size, 1, allow_none=True)
     if d.source in ("imagefolder", "csv", "hf") and not d.path:
         raise ConfigError(f"config key 'data.path': required for data.source={d.source}")
+
+
+def _validate_model(cfg: ChainConfig) -> None:
+    """model.*"""
     m = cfg.model
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.objective", m.objective, OBJECTIVES)
     _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
     if m.pretrained is not None and not str(m.pretrained).strip():
         raise ConfigError("config key 'model.pretrained': empty; give a pipeline folder, a Hub id, or null")
+
+
+def _validate_train(cfg: ChainConfig) -> None:
+    """train.*"""
+    m = cfg.model
     t = cfg.train
     _choice("train.mode", t.mode, TRAIN_MODES)
     _choice("train.init", t.init, TRAIN_INITS)
@@ -281,6 +298,10 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("train.lora_rank", t.lora_rank, 1)
     _at_least("train.checkpoint_every", t.checkpoint_every, 1)
     _at_least("train.log_every", t.log_every, 1)
+
+
+def _validate_sample(cfg: ChainConfig) -> None:
+    """sample.*"""
     s = cfg.sample
     _at_least("sample.num_images", s.num_images, 1, allow_none=True)
     _at_least("sample.steps", s.steps, 1)
@@ -294,11 +315,20 @@ def validate(cfg: ChainConfig) -> None:
         raise ConfigError(
             f"config key 'sample.captions': {s.captions!r} is neither 'train' nor an existing text file"
         )
+
+
+def _validate_mix(cfg: ChainConfig) -> None:
+    """mix.*"""
     x = cfg.mix
     _choice("mix.policy", x.policy, MIX_POLICIES)
     _in_unit_interval("mix.real_fraction", x.real_fraction)
     _choice("mix.real_fraction_schedule", x.real_fraction_schedule, REAL_FRACTION_SCHEDULES)
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)
+
+
+def _validate_select(cfg: ChainConfig) -> None:
+    """select.*"""
+    m = cfg.model
     sel = cfg.select
     _choice("select.method", sel.method, SELECT_METHODS)
     _at_least("select.oversample", sel.oversample, 1.0)
@@ -322,6 +352,10 @@ def validate(cfg: ChainConfig) -> None:
         raise ConfigError(f"config key 'select.alpha': must be in (0, 1), got {sel.alpha}")
     if sel.tau0 is not None and sel.tau0 <= 0:
         raise ConfigError(f"config key 'select.tau0': must be > 0 or null, got {sel.tau0}")
+
+
+def _validate_metrics(cfg: ChainConfig) -> None:
+    """metrics.* (the names and values; weights: preflight.py)"""
     for name in cfg.metrics.names:
         if name not in METRIC_NAMES:
             raise ConfigError(
@@ -340,7 +374,6 @@ def validate(cfg: ChainConfig) -> None:
         if cfg.metrics.prdc_features == "classifier" and cfg.metrics.features != "classifier":
             raise ConfigError("config key 'metrics.prdc_features': 'classifier' needs metrics.features=classifier")
     _choice("metrics.tracker", cfg.metrics.tracker, ("none", "tensorboard", "wandb"))
-    # whether the weights of inception/clip/dinov2 exist here is a file lookup: preflight.py checks it
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

@@ -20,8 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +29,14 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save_file
 
+from chain_of_diffusion.checkpoints import (
+    latest_checkpoint,
+    load_trainer_state,
+    named_parameters,
+    save_checkpoint,
+    trainable_only_checkpoints,
+)
 from chain_of_diffusion.config import TrainConfig
 from chain_of_diffusion.errors import TrainingError
 from chain_of_diffusion.models.denoisers import UNetDenoiser
@@ -40,9 +44,6 @@ from chain_of_diffusion.processes import Denoiser, Process, make_process
 from chain_of_diffusion.seeding import generator
 
 log = logging.getLogger(__name__)
-
-TRAINABLE_WEIGHTS = "trainable.safetensors"  # what a partial (LoRA) checkpoint holds of the model
-
 
 
 @dataclass
@@ -183,45 +184,6 @@ class _Progress:
         return mean
 
 
-TRAINER_STATE = "trainer_state.pt"  # progress, LR schedule and EMA, beside accelerate's own files
-
-
-def _save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_state: dict) -> None:
-    """Save to ``latest`` through a temp folder, so a kill mid-save keeps the previous one."""
-    tmp, latest, old = checkpoint_dir / "tmp", checkpoint_dir / "latest", checkpoint_dir / "old"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if latest.exists():
-            os.replace(latest, old)
-        os.replace(tmp, latest)
-        if old.exists():
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _load_trainer_state(folder: Path) -> dict:
-    if (folder / TRAINER_STATE).is_file():
-        return torch.load(folder / TRAINER_STATE, weights_only=False)
-    # checkpoints written before trainer_state.pt: accelerate's custom objects, in the order they
-    # were registered (progress, LR scheduler, EMA)
-    names = ("progress", "lr_scheduler", "ema")
-    files = [folder / f"custom_checkpoint_{i}.pkl" for i in range(len(names))]
-    return {name: torch.load(f, weights_only=False) for name, f in zip(names, files) if f.is_file()}
-
-
-def _latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
-    for name in ("latest", "old"):  # "old" survives a kill between the two renames
-        if (checkpoint_dir / name).is_dir():
-            return checkpoint_dir / name
-    return None
-
-
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw8bit":
         try:
@@ -232,35 +194,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
             ) from None
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _named_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
-    return {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters()}
-
-
-def _trainable_only_checkpoints(accelerator: Accelerator, modules: dict[str, torch.nn.Module]):
-    """Save and load only the trainable parameters (a LoRA: megabytes, not the gigabytes of the
-    frozen base) in accelerate checkpoints. Returns the hook handles."""
-    names = [n for n, p in _named_parameters(modules).items() if p.requires_grad]
-
-    def save_hook(models, weights, output_dir):
-        state = _named_parameters(modules)
-        save_file({n: state[n].detach().float().cpu().contiguous() for n in names},
-                  os.path.join(output_dir, TRAINABLE_WEIGHTS))
-        weights.clear()  # accelerate writes nothing more for the models
-
-    def load_hook(models, input_dir):
-        models.clear()  # accelerate must not load a full state dict
-        loaded = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
-        state = _named_parameters(modules)
-        if set(loaded) != set(names):
-            raise TrainingError(f"{input_dir}: checkpoint does not match the trainable parameters")
-        with torch.no_grad():
-            for n in names:
-                state[n].copy_(loaded[n])
-
-    return [accelerator.register_save_state_pre_hook(save_hook),
-            accelerator.register_load_state_pre_hook(load_hook)]
 
 
 @dataclass
@@ -300,7 +233,7 @@ def _start(accelerator: Accelerator, unet: torch.nn.Module, text_encoder: Option
            cfg: TrainConfig, desc: str) -> _Session:
     """Optimizer, LR schedule, EMA and accelerate's wrappers for the parameters that require grad."""
     modules = {"unet": unet} if text_encoder is None else {"unet": unet, "text_encoder": text_encoder}
-    everything = _named_parameters(modules)
+    everything = named_parameters(modules)
     params = [p for p in everything.values() if p.requires_grad]
     if not params:
         raise TrainingError(f"{desc}: the model has no trainable parameters")
@@ -324,7 +257,7 @@ def _start(accelerator: Accelerator, unet: torch.nn.Module, text_encoder: Option
 
         ema = EMAModel(params, decay=cfg.ema_decay)
     partial = len(params) < len(everything)
-    hooks = _trainable_only_checkpoints(accelerator, modules) if partial else []
+    hooks = trainable_only_checkpoints(accelerator, modules) if partial else []
     return _Session(model, text_model, optimizer, lr_scheduler, params, ema, hooks=hooks)
 
 
@@ -416,10 +349,10 @@ def train_denoiser(
     session = _start(accelerator, unet, text_encoder, cfg, desc)
     progress = session.progress
     net = adapter(session.model)
-    resume = _latest_checkpoint(checkpoint_dir)
+    resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
-        session.load_trainer_state(_load_trainer_state(resume))
+        session.load_trainer_state(load_trainer_state(resume))
         log.info("%s: resumed from %s at step %d", desc, resume, progress.step)
     resumed_from = progress.step
     bar = _progress_bar(accelerator, cfg.steps, progress.step, desc)
@@ -430,7 +363,7 @@ def train_denoiser(
         mean_loss = _optimizer_step(session, process, net, data, draws, cfg, accelerator, micro, accum)
         if not math.isfinite(mean_loss):
             bar.close()
-            where = _latest_checkpoint(checkpoint_dir)
+            where = latest_checkpoint(checkpoint_dir)
             kept = f"; the last good checkpoint is {where}" if where else ""
             raise TrainingError(f"{desc}: loss is {mean_loss} at step {step}; training stopped{kept}")
         session.optimizer.step()
@@ -445,7 +378,7 @@ def train_denoiser(
         if on_step is not None:
             on_step(progress.step, accelerator.unwrap_model(session.model))
         if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
-            _save_checkpoint(accelerator, checkpoint_dir, session.trainer_state())
+            save_checkpoint(accelerator, checkpoint_dir, session.trainer_state())
     bar.close()
     return _finish(accelerator, session, unet, text_encoder, started, resumed_from)
 

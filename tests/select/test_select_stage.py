@@ -40,8 +40,8 @@ def test_rediFine_and_greedy_presets_on_a_lora_chain(tmp_path, tiny_sd_pipeline)
     assert sorted(r["seed"] for r in train_1) == sorted(r["seed"] for r in selected)
     assert (out / "gen_01" / "selected" / "metadata.jsonl").is_file()
     # metrics judge the first N samples by index, as many as a variant without oversampling has
-    from chain_of_diffusion.stages.evaluate import evaluated_sample_records
     from chain_of_diffusion.runs import RunDir
+    from chain_of_diffusion.stages.evaluate import evaluated_sample_records
 
     cfg = load_config([out / "config.yaml"])
     evaluated = evaluated_sample_records(cfg, RunDir(out), 0)
