@@ -36,3 +36,4 @@ def fixed_batches(fn: Callable[..., torch.Tensor], rows: int, *tensors: torch.Te
     if not out:
         raise ValueError("fixed_batches: no rows")
     return torch.cat(out)
+

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import SampleConfig
@@ -21,6 +20,7 @@ from chain_of_diffusion.models.build import T2IModel, decode_latents, encode_cap
 from chain_of_diffusion.models.denoisers import UNetDenoiser
 from chain_of_diffusion.models.pretrained import objective_of
 from chain_of_diffusion.processes import guidance_scales, make_process
+from chain_of_diffusion.progress import progress_bar
 
 
 def file_name_for(index: int) -> str:
@@ -70,8 +70,7 @@ def generate_image_set(
     """
     out_dir = Path(out_dir)
     with accelerator.split_between_processes(requests) as mine:
-        bar = tqdm(total=len(requests), desc=desc, disable=not accelerator.is_local_main_process,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(accelerator, len(requests), desc)
         # the main process's bar counts its own share scaled up: every process moves in step
         step = max(1, accelerator.num_processes)
         images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step))

@@ -41,6 +41,7 @@ from chain_of_diffusion.config import TrainConfig
 from chain_of_diffusion.errors import TrainingError
 from chain_of_diffusion.models.denoisers import UNetDenoiser
 from chain_of_diffusion.processes import Denoiser, Process, make_process
+from chain_of_diffusion.progress import progress_bar
 from chain_of_diffusion.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def train_denoiser(
         session.load_trainer_state(load_trainer_state(resume))
         log.info("%s: resumed from %s at step %d", desc, resume, progress.step)
     resumed_from = progress.step
-    bar = _progress_bar(accelerator, cfg.steps, progress.step, desc)
+    bar = progress_bar(accelerator, cfg.steps, desc, initial=progress.step)
     while progress.step < cfg.steps:
         step = progress.step
         draws = step_draws(step, seed, cfg, num_examples, tuple(data.x0.shape[1:]), process.draw_t,
@@ -398,10 +399,3 @@ def _finish(accelerator: Accelerator, session: _Session, unet: torch.nn.Module,
     progress = session.progress
     final = progress.losses[-1]["loss"] if progress.losses else float("nan")
     return TrainResult(progress.step, final, progress.losses, time.time() - started, resumed_from)
-
-
-def _progress_bar(accelerator: Accelerator, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True, leave=False)
