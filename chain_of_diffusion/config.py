@@ -20,13 +20,15 @@ from chain_of_diffusion.errors import ConfigError
 ARCHS = ("tiny", "small", "sd15", "tiny_sd")
 # The names users type for each choice; the registries that implement them are keyed by these
 # (processes.PROCESSES, processes.ddpm.SCHEDULERS, ...) and tests/test_layout.py checks they agree.
-OBJECTIVES = ("eps", "v")
+OBJECTIVES = ("eps", "v", "flow", "dae")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TRAIN_MODES = ("full", "lora")
 TRAIN_INITS = ("scratch", "base", "previous")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ATTENTION = ("auto", "sdpa", "xformers")
-SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler", "pndm")
+SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler", "pndm", "heun")
+FLOW_SAMPLERS = ("euler", "heun")  # what model.objective=flow integrates with
+T_SAMPLINGS = ("uniform", "logit_normal")
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
 MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
@@ -97,6 +99,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value
     noise_offset: float = 0.0  # extra per-channel noise (Lin et al.), lets the model learn dark/bright images
+    t_sampling: str = "uniform"  # model.objective=flow: t ~ U(1e-3, 1) (Liu et al.) or logit_normal (Esser et al.)
+    dae_sigma: float = 0.5  # model.objective=dae: the one noise level of the denoising autoencoder
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
     cache_latents: bool = True  # encode images and captions once, keyed by content hash, for every epoch
     validation_prompts: list[str] = field(default_factory=list)  # rendered every validation_every steps
@@ -279,6 +283,12 @@ def _validate_train(cfg: ChainConfig) -> None:
     if t.snr_gamma is not None and t.snr_gamma <= 0:
         raise ConfigError(f"config key 'train.snr_gamma': must be > 0 or null, got {t.snr_gamma}")
     _at_least("train.noise_offset", t.noise_offset, 0.0)
+    _choice("train.t_sampling", t.t_sampling, T_SAMPLINGS)
+    if t.dae_sigma <= 0:
+        raise ConfigError(f"config key 'train.dae_sigma': must be > 0, got {t.dae_sigma}")
+    if t.snr_gamma is not None and m.objective not in ("eps", "v"):
+        raise ConfigError(f"config key 'train.snr_gamma': Min-SNR weights a DDPM loss; model.objective={m.objective} "
+                          "has none (set it to null)")
     _at_least("train.validation_every", t.validation_every, 0)
     if t.validation_every > 0 and not t.validation_prompts:
         raise ConfigError("config key 'train.validation_prompts': empty while train.validation_every > 0")
@@ -306,6 +316,9 @@ def _validate_sample(cfg: ChainConfig) -> None:
     _at_least("sample.num_images", s.num_images, 1, allow_none=True)
     _at_least("sample.steps", s.steps, 1)
     _choice("sample.scheduler", s.scheduler, SCHEDULERS)
+    if cfg.model.objective == "flow" and s.scheduler not in FLOW_SAMPLERS:
+        raise ConfigError(f"config key 'sample.scheduler': {s.scheduler!r} is a DDPM sampler; model.objective=flow "
+                          f"integrates its ODE with {' or '.join(FLOW_SAMPLERS)}")
     _at_least("sample.guidance_scale", s.guidance_scale, 0.0)
     _at_least("sample.guidance_end", s.guidance_end, 0.0)
     _choice("sample.guidance_schedule", s.guidance_schedule, GUIDANCE_SCHEDULES)
@@ -338,6 +351,10 @@ def _validate_select(cfg: ChainConfig) -> None:
     _at_least("select.latent_k", sel.latent_k, 1)
     _at_least("select.latent_folds", sel.latent_folds, 1)
     uses_unet = sel.method == "latent" or (space == "unet" and sel.method in ("greedy_entropy", "threshold_decay"))
+    if uses_unet and m.objective not in ("eps", "v"):
+        raise ConfigError(f"config key 'select.method': {sel.method!r} in UNet features noises images on the DDPM "
+                          f"schedule, which model.objective={m.objective} does not have; use select.features=pixels "
+                          "or classifier")
     if uses_unet and not 0 <= sel.latent_t < m.num_train_timesteps:
         raise ConfigError(
             f"config key 'select.latent_t': must be in [0, model.num_train_timesteps={m.num_train_timesteps}), "

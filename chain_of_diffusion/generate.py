@@ -8,6 +8,7 @@ on the batch size or the process count.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -17,9 +18,9 @@ from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import SampleConfig
 from chain_of_diffusion.data.imageset import save_png, tensor_to_pil
 from chain_of_diffusion.models.build import T2IModel, decode_latents, encode_captions
-from chain_of_diffusion.models.denoisers import UNetDenoiser
+from chain_of_diffusion.models.denoisers import unet_denoiser
 from chain_of_diffusion.models.pretrained import objective_of
-from chain_of_diffusion.processes import guidance_scales, make_process
+from chain_of_diffusion.processes import Process, guidance_scales, make_process
 from chain_of_diffusion.progress import progress_bar
 
 
@@ -32,13 +33,15 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress=None) -> torch.Tensor:
-    """Requests ``{"text", "seed"}`` -> images (N, 3, H, W) in [-1, 1], in request order."""
+def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress=None,
+           process: Optional[Process] = None) -> torch.Tensor:
+    """Requests ``{"text", "seed"}`` -> images (N, 3, H, W) in [-1, 1], in request order. ``process``:
+    how to sample (default: the DDPM process of the model's scheduler with ``cfg.scheduler``)."""
     device = next(model.unet.parameters()).device
     captions = sorted({r["text"] for r in requests} | {""})
     table = dict(zip(captions, encode_captions(model, captions)))
-    process = make_process(objective_of(model), model.noise_scheduler, sampler=cfg.scheduler)
-    net = UNetDenoiser(model.unet, rows=UNET_ROWS)  # fixed-size calls: an image depends on itself alone
+    process = process or make_process(objective_of(model), model.noise_scheduler, sampler=cfg.scheduler)
+    net = unet_denoiser(model.unet, process, rows=UNET_ROWS)  # fixed-size calls: an image depends on itself alone
     scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, process.num_calls(cfg.steps))
     out = []
     for lo in range(0, len(requests), cfg.batch_size):
@@ -62,6 +65,7 @@ def generate_image_set(
     accelerator: Accelerator,
     *,
     desc: str = "generate",
+    process: Optional[Process] = None,
 ) -> list[dict]:
     """Write one PNG per request into ``out_dir`` (shared by all processes); return all records.
 
@@ -73,7 +77,7 @@ def generate_image_set(
         bar = progress_bar(accelerator, len(requests), desc)
         # the main process's bar counts its own share scaled up: every process moves in step
         step = max(1, accelerator.num_processes)
-        images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step))
+        images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step), process=process)
         bar.close()
         records = []
         for request, image in zip(mine, tensor_to_pil(images)):

@@ -60,12 +60,13 @@ class TrainResult:
 class TrainData:
     """What one generation trains on, already in the model's space.
 
-    x0: (N, C, H, W) pixels in [-1, 1] or VAE latents; caption_index: (N,) rows of
-    ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "";
+    x0: (N, ...) examples: pixels (N, C, H, W) in [-1, 1], VAE latents, or vectors; caption_index: (N,)
+    rows of ``caption_embeddings`` (U, L, D); empty_embedding: (1, L, D) the embedding of "";
     x0_flipped: (N, C, H, W) the encodings of the mirrored images, where ``data.random_flip``
     asks for flips (each sample of each step is flipped with probability 1/2). Where the text
     encoder trains too (its own LoRA), the captions are token ids instead of embeddings:
-    caption_ids (U, L) and empty_ids (1, L), encoded anew every step.
+    caption_ids (U, L) and empty_ids (1, L), encoded anew every step. noise: (N, ...) the noise paired
+    with each example where the pairs are given (Reflow's couplings (z, ODE(z))) instead of drawn.
     """
 
     x0: torch.Tensor
@@ -75,6 +76,7 @@ class TrainData:
     x0_flipped: Optional[torch.Tensor] = None
     caption_ids: Optional[torch.Tensor] = None
     empty_ids: Optional[torch.Tensor] = None
+    noise: Optional[torch.Tensor] = None
 
 
 def micro_batch_layout(batch_size: int, micro_batch_size: Optional[int], num_processes: int) -> tuple[int, int]:
@@ -295,7 +297,8 @@ def _optimizer_step(session: _Session, process: Process, net: Denoiser, data: Tr
         x1 = _batch_rows(data, rows, None if draws.flipped is None else draws.flipped[sl]).to(device)
         cond = _conditioning(data, rows, draws.dropped[sl]).to(device)
         t = draws.timesteps[sl].to(device)
-        x_t, target = process.training_pair(x1, draws.noise[sl].to(device), t)
+        noise = draws.noise[sl] if data.noise is None else data.noise[rows]
+        x_t, target = process.training_pair(x1, noise.to(device), t)
         ctx = contextlib.ExitStack()
         if m < accum - 1:  # gradients are all-reduced once per step, after the last micro-batch
             for model in wrapped:
@@ -344,6 +347,8 @@ def train_denoiser(
     num_examples = data.x0.shape[0]
     if num_examples == 0:
         raise TrainingError("the training set is empty")
+    if data.noise is not None and data.x0_flipped is not None:
+        raise TrainingError(f"{desc}: given (noise, data) pairs cannot be flipped (the pairing would break)")
     if text_encoder is not None and data.caption_ids is None:
         raise TrainingError(f"{desc}: a trained text encoder needs caption token ids")
     micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)

@@ -20,7 +20,7 @@ def test_eps_and_v_pairs_follow_the_diffusers_conventions():
     assert torch.equal(x_t_v, x_t) and torch.equal(v, sched.get_velocity(x1, noise, t))
     drawn = make_process("eps", sched).draw_t(torch.Generator().manual_seed(1), 5000)
     assert drawn.dtype == torch.long and drawn.min() >= 0 and drawn.max() <= 999 and drawn.float().std() > 250
-    assert set(PROCESSES) == {"eps", "v"}
+    assert set(PROCESSES) == {"eps", "v", "flow", "dae"}
 
 
 def test_guidance_extrapolates_from_the_unconditional_prediction():

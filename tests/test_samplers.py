@@ -49,7 +49,7 @@ def test_scale_one_skips_the_unconditional_half_with_the_same_result(model):
     assert torch.allclose(fast, full, atol=1e-4)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpmsolver++", "euler", "pndm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpmsolver++", "euler", "pndm", "heun"])
 def test_images_do_not_depend_on_batch_size(model, scheduler):
     requests = [{"text": f"a handwritten digit {w}", "seed": 100 + i} for i, w in enumerate(["one", "two"] * 5)]
     big = render(model, requests, SampleConfig(steps=4, batch_size=10, scheduler=scheduler))

@@ -179,7 +179,7 @@ def build_model(cfg: ModelConfig, resolution: int, seed: int) -> T2IModel:
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
-        prediction_type="epsilon" if cfg.objective == "eps" else "v_prediction",
+        prediction_type="v_prediction" if cfg.objective == "v" else "epsilon",  # flow, dae: unused
         clip_sample=False,
         **schedule,
     )

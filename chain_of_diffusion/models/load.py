@@ -13,7 +13,8 @@ import torch
 from chain_of_diffusion.config import ChainConfig
 from chain_of_diffusion.models.build import T2IModel, build_unet, load_model, set_attention
 from chain_of_diffusion.models.lora import add_lora, attach_saved_lora, load_lora_into
-from chain_of_diffusion.models.pretrained import load_pretrained
+from chain_of_diffusion.models.pretrained import load_pretrained, objective_of
+from chain_of_diffusion.processes import Process, make_process
 from chain_of_diffusion.seeding import derive_seed
 
 
@@ -71,3 +72,11 @@ def training_model(cfg: ChainConfig, built_base: Path, generation: int, previous
         model.unet = load_model(previous).unet
     model.unet.requires_grad_(True)
     return on_device(model, cfg, device)
+
+
+def process_for(cfg: ChainConfig, model: T2IModel) -> Process:
+    """The diffusion process the chain trains and samples ``model`` with: ``model.objective``, where eps
+    or v is read from the model's own scheduler (a pretrained v-prediction pipeline stays v)."""
+    objective = cfg.model.objective if cfg.model.objective in ("flow", "dae") else objective_of(model)
+    return make_process(objective, model.noise_scheduler, sampler=cfg.sample.scheduler,
+                        snr_gamma=cfg.train.snr_gamma, t_sampling=cfg.train.t_sampling, dae_sigma=cfg.train.dae_sigma)

@@ -22,6 +22,7 @@ Denoiser = Callable[[Tensor, Tensor, Any], Tensor]
 
 class Process(Protocol):
     name: str  # the model.objective it implements
+    continuous_time: bool  # t is a real number (flow: [0, 1]; dae: sigma), not a DDPM timestep index
 
     def draw_t(self, generator: torch.Generator, n: int) -> Tensor:
         """(n,) training times, drawn from ``generator`` only (resume and process-count invariance)."""

@@ -15,6 +15,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     PNDMScheduler,
 )
 from torch import Tensor
@@ -27,6 +28,7 @@ SCHEDULERS = {
     "dpmsolver++": DPMSolverMultistepScheduler,
     "euler": EulerDiscreteScheduler,
     "pndm": PNDMScheduler,  # StableDiffusionPipeline's default for SD 1.x
+    "heun": HeunDiscreteScheduler,  # two network calls per step (Karras et al. 2022)
 }
 
 
@@ -48,10 +50,11 @@ class DDPMProcess:
     predicts eps (``prediction="eps"``) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x (``"v"``)."""
 
     def __init__(self, noise_scheduler: DDPMScheduler, prediction: str = "eps", *, sampler: str = "ddim",
-                 snr_gamma: float = 0.0):
+                 snr_gamma: Optional[float] = 0.0):
         if prediction not in ("eps", "v"):
             raise ValueError(f"DDPMProcess predicts eps or v, not {prediction!r}")
         self.name = prediction
+        self.continuous_time = False  # the network sees the scheduler's integer timesteps
         self.noise_scheduler = noise_scheduler
         self.sampler = sampler
         self.snr_gamma = snr_gamma

@@ -24,6 +24,7 @@ from chain_of_diffusion.metrics import evaluation
 from chain_of_diffusion.metrics.classifier import cheap_features, load_classifier
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.suite import FeatureSpaces
+from chain_of_diffusion.models.load import process_for
 from chain_of_diffusion.requests import GRID_ROWS, grid_scale, selection_budget
 from chain_of_diffusion.runs import RunDir, atomic_write_json, read_json
 from chain_of_diffusion.stages.base import StageContext
@@ -94,7 +95,7 @@ class EvaluateStage:
         # the report's row for this generation: fixed captions and seeds, so rows compare directly
         model = ctx.trained_model(generation)
         requests = json.loads((run.reference / "grid_requests.json").read_text())
-        grid = render(model, requests, cfg.sample)
+        grid = render(model, requests, cfg.sample, process=process_for(cfg, model))
         make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=grid_scale(cfg)).save(out / "grid.png")
         accelerator.wait_for_everyone()
         return metrics

@@ -7,6 +7,7 @@ from typing import Optional
 
 from chain_of_diffusion.data.imageset import write_metadata
 from chain_of_diffusion.generate import generate_image_set
+from chain_of_diffusion.models.load import process_for
 from chain_of_diffusion.requests import sample_requests
 from chain_of_diffusion.stages.base import StageContext
 
@@ -21,7 +22,7 @@ class GenerateStage:
         with ctx.accelerator.autocast():  # train.mixed_precision also sets the sampling precision
             records = generate_image_set(
                 model, sample_requests(ctx.cfg, ctx.run, generation), ctx.cfg.sample, out, ctx.accelerator,
-                desc=f"gen {generation} generate",
+                desc=f"gen {generation} generate", process=process_for(ctx.cfg, model),
             )
         if ctx.is_main:
             write_metadata(out, records)

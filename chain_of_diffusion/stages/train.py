@@ -20,10 +20,9 @@ from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.tracking import log_image
 from chain_of_diffusion.models.build import MAX_TOKENS, encode_captions, encode_images, save_model
 from chain_of_diffusion.models.cache import EncodingCache, file_key, text_key
-from chain_of_diffusion.models.load import training_model
+from chain_of_diffusion.models.denoisers import unet_denoiser
+from chain_of_diffusion.models.load import process_for, training_model
 from chain_of_diffusion.models.lora import save_lora
-from chain_of_diffusion.models.pretrained import objective_of
-from chain_of_diffusion.processes import make_process
 from chain_of_diffusion.requests import grid_scale
 from chain_of_diffusion.runs import atomic_write_json
 from chain_of_diffusion.seeding import derive_seed
@@ -44,12 +43,12 @@ class TrainStage:
         model = training_model(cfg, ctx.built_base, generation, previous, accelerator.device)
         cache_stats: dict = {}
         data = training_data(ctx, train_dir, records, model, cache_stats)
-        process = make_process(objective_of(model), model.noise_scheduler, snr_gamma=cfg.train.snr_gamma)
+        process = process_for(cfg, model)
         result = train_denoiser(
-            model.unet, process, data, cfg.train,
+            model.unet, process, data, cfg.train, adapter=lambda unet: unet_denoiser(unet, process),
             seed=derive_seed(cfg.seed, "train", generation), accelerator=accelerator,
             checkpoint_dir=self._checkpoints(ctx, generation),
-            desc=f"gen {generation} train", on_step=validation_hook(ctx, generation, model),
+            desc=f"gen {generation} train", on_step=validation_hook(ctx, generation, model, process),
             text_encoder=model.text_encoder if cfg.train.lora_text_encoder else None,
         )
         summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
@@ -124,7 +123,7 @@ def training_data(ctx: StageContext, train_dir: Path, records: list[dict], model
     )
 
 
-def validation_hook(ctx: StageContext, generation: int, model):
+def validation_hook(ctx: StageContext, generation: int, model, process):
     """``on_step`` for the trainer: every ``train.validation_every`` steps, render the validation
     prompts (each process its share, with fixed seeds) into ``gen_XX/validation/step_XXXXXX.png``."""
     cfg, accelerator = ctx.cfg, ctx.accelerator
@@ -142,7 +141,7 @@ def validation_hook(ctx: StageContext, generation: int, model):
         for net in training:
             net.eval()
         with accelerator.split_between_processes(requests) as mine, accelerator.autocast():
-            images = render(model, list(mine), cfg.sample) if mine else torch.empty(0)
+            images = render(model, list(mine), cfg.sample, process=process) if mine else torch.empty(0)
             shard = [(r["index"], images[k].float().numpy()) for k, r in enumerate(mine)]
         for net in training:
             net.train()

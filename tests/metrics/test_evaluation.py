@@ -103,6 +103,8 @@ def test_run_mode_reuses_the_cached_inception_features(inception_run, tmp_path):
     assert torch.allclose(_features(cache)[0], cached, atol=1e-4)
 
 
+# the default tier checks 2 processes against 1 byte for byte on the shared run (tests/test_chain.py)
+@pytest.mark.slow
 def test_two_processes_give_the_same_inception_features_and_metrics(inception_run, tmp_path, inception_weights):  # noqa: F811
     """Sharded extraction (each process its block, fixed 8-row batches, gathered) = one process, bit for bit.
     One generation is enough (the fingerprint leaves out `generations`)."""
