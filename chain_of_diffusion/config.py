@@ -30,7 +30,7 @@ SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler", "pndm", "heun")
 FLOW_SAMPLERS = ("euler", "heun")  # what model.objective=flow integrates with
 T_SAMPLINGS = ("uniform", "logit_normal")
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
-MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh")
+MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh", "reflow")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
@@ -334,6 +334,16 @@ def _validate_mix(cfg: ChainConfig) -> None:
     """mix.*"""
     x = cfg.mix
     _choice("mix.policy", x.policy, MIX_POLICIES)
+    if x.policy == "reflow":
+        if cfg.model.objective != "flow":
+            raise ConfigError(f"config key 'mix.policy': 'reflow' trains on a flow's own couplings (noise, ODE(noise)); "
+                              f"model.objective={cfg.model.objective} is not a flow (use model.objective=flow)")
+        if x.real_fraction > 0:
+            raise ConfigError("config key 'mix.real_fraction': mix.policy=reflow trains on couplings only; "
+                              "set it to 0")
+        if cfg.data.random_flip:
+            raise ConfigError("config key 'data.random_flip': a flipped image would no longer be its noise's "
+                              "ODE solution; mix.policy=reflow needs it off")
     _in_unit_interval("mix.real_fraction", x.real_fraction)
     _choice("mix.real_fraction_schedule", x.real_fraction_schedule, REAL_FRACTION_SCHEDULES)
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)

@@ -32,22 +32,32 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _prepared(model: T2IModel, requests: list[dict], cfg: SampleConfig, process: Optional[Process]):
+    """(process, denoiser, caption table, guidance scales) shared by rendering and measuring trajectories."""
+    captions = sorted({r["text"] for r in requests} | {""})
+    table = dict(zip(captions, encode_captions(model, captions)))
+    process = process or make_process(objective_of(model), model.noise_scheduler, sampler=cfg.scheduler)
+    net = unet_denoiser(model.unet, process, rows=UNET_ROWS)  # fixed-size calls: an image depends on itself alone
+    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, process.num_calls(cfg.steps))
+    return process, net, table, scales
+
+
+def _noise_and_cond(model: T2IModel, chunk: list[dict], table: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    noise = torch.stack([initial_noise(r["seed"], model.sample_shape) for r in chunk]).to(device)
+    return noise, torch.stack([table[r["text"]] for r in chunk]).to(device)
+
+
 @torch.no_grad()
 def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress=None,
            process: Optional[Process] = None) -> torch.Tensor:
     """Requests ``{"text", "seed"}`` -> images (N, 3, H, W) in [-1, 1], in request order. ``process``:
     how to sample (default: the DDPM process of the model's scheduler with ``cfg.scheduler``)."""
     device = next(model.unet.parameters()).device
-    captions = sorted({r["text"] for r in requests} | {""})
-    table = dict(zip(captions, encode_captions(model, captions)))
-    process = process or make_process(objective_of(model), model.noise_scheduler, sampler=cfg.scheduler)
-    net = unet_denoiser(model.unet, process, rows=UNET_ROWS)  # fixed-size calls: an image depends on itself alone
-    scales = guidance_scales(cfg.guidance_schedule, cfg.guidance_scale, cfg.guidance_end, process.num_calls(cfg.steps))
+    process, net, table, scales = _prepared(model, requests, cfg, process)
     out = []
     for lo in range(0, len(requests), cfg.batch_size):
         chunk = requests[lo : lo + cfg.batch_size]
-        noise = torch.stack([initial_noise(r["seed"], model.sample_shape) for r in chunk]).to(device)
-        cond = torch.stack([table[r["text"]] for r in chunk]).to(device)
+        noise, cond = _noise_and_cond(model, chunk, table, device)
         gens = [torch.Generator().manual_seed(r["seed"] + 1) for r in chunk]
         latents = process.sample(net, noise, cond, table[""][None].to(device), steps=cfg.steps, guidance=scales,
                                  generators=gens)
@@ -55,6 +65,16 @@ def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress
         if progress is not None:
             progress(len(chunk))
     return torch.cat(out) if out else torch.empty(0, 3, 0, 0)
+
+
+@torch.no_grad()
+def trajectory_straightness(model: T2IModel, requests: list[dict], cfg: SampleConfig, process: Process) -> float:
+    """Liu et al.'s straightness of a flow's sampling trajectories for ``requests`` (their seeds' noise,
+    their captions, the configured guidance), in the model's space; 0 for straight paths."""
+    device = next(model.unet.parameters()).device
+    process, net, table, scales = _prepared(model, requests, cfg, process)
+    noise, cond = _noise_and_cond(model, requests, table, device)
+    return process.straightness(net, noise, cond, table[""][None].to(device), steps=cfg.steps, guidance=scales)
 
 
 def generate_image_set(

@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import gather_object
 
 from chain_of_diffusion.data.imageset import load_images, read_metadata
-from chain_of_diffusion.generate import render
+from chain_of_diffusion.generate import render, trajectory_straightness
 from chain_of_diffusion.metrics import evaluation
 from chain_of_diffusion.metrics.classifier import cheap_features, load_classifier
 from chain_of_diffusion.metrics.report import make_grid_image
@@ -91,11 +91,14 @@ class EvaluateStage:
         train_log = read_json(ctx.trained_folder(generation) / "train_log.json", {})
         metrics["train_loss"] = train_log.get("final_loss")
         metrics["num_skipped_files"] = read_json(run.real / "summary.json", {}).get("num_skipped", 0)
-        atomic_write_json(out / "metrics.json", metrics)
         # the report's row for this generation: fixed captions and seeds, so rows compare directly
         model = ctx.trained_model(generation)
+        process = process_for(cfg, model)
         requests = json.loads((run.reference / "grid_requests.json").read_text())
-        grid = render(model, requests, cfg.sample, process=process_for(cfg, model))
+        grid = render(model, requests, cfg.sample, process=process)
         make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=grid_scale(cfg)).save(out / "grid.png")
+        if process.name == "flow":  # how straight the sampling paths are (Liu et al.): reflow's aim
+            metrics["straightness"] = trajectory_straightness(model, requests, cfg.sample, process)
+        atomic_write_json(out / "metrics.json", metrics)
         accelerator.wait_for_everyone()
         return metrics
