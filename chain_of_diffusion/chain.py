@@ -139,7 +139,7 @@ def _check_generations(run: RunDir, cfg: ChainConfig) -> None:
         raise RunDirError(
             f"{run.root}: mix.real_fraction_schedule=linear_decay spreads the real fraction over generations={before}, "
             f"and {_generations_text(mixed)} mixed with it; generations={cfg.generations} would change "
-            "their real fractions (use another output_dir, or a schedule that does not depend on the total: constant, "
+            "what they were mixed with (use another output_dir, or a schedule that does not depend on the total: constant, "
             "exponential_decay)"
         )
 

@@ -39,6 +39,8 @@ ON_ERROR = ("error", "skip")
 # Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
 # fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
 # saturation writes saturation_mean and saturation_std.
+PRDC_NAMES = ("precision", "recall", "density", "coverage")  # the k-NN manifold metrics (metrics.prdc_features)
+PRETRAINED_SPACES = ("inception", "clip", "dinov2")  # feature spaces whose networks need weights (preflight.py)
 METRIC_NAMES = (
     "fd_classifier", "memorization", "generalization", "entropy",
     "fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from chain_of_diffusion.config import ChainConfig, selection_space
+from chain_of_diffusion.config import PRDC_NAMES, PRETRAINED_SPACES, ChainConfig, selection_space
 from chain_of_diffusion.errors import ConfigError
 
-PRETRAINED_SPACES = ("inception", "clip", "dinov2")
-PRDC_NAMES = ("precision", "recall", "density", "coverage")
 # the selection methods that measure distances in select.features
 DISTANCE_METHODS = ("greedy_entropy", "threshold_decay")
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from chain_of_diffusion.config import PRDC_NAMES, PRETRAINED_SPACES
 from chain_of_diffusion.errors import ConfigError
 
 from . import METRIC_NAMES
@@ -26,7 +27,6 @@ from .neighbors import generalization_score, memorization_ratio
 from .prdc import prdc
 
 Images = Tensor | Sequence[Tensor]
-PRDC_NAMES = ("precision", "recall", "density", "coverage")
 DRIFT_METRICS = ("saturation", "hf_energy", "sharpness")
 FEATURE_SPACES = ("pixels", "classifier", "inception", "clip", "dinov2")
 
@@ -59,13 +59,9 @@ def feature_spaces_needed(names: Sequence[str], features: str, prdc_features: st
     return spaces
 
 
-# the spaces worth sharding and caching (a network per image)
-PRETRAINED_SPACES = ("inception", "clip", "dinov2")
-
-
 def sample_spaces(names: Sequence[str], mcfg) -> list[str]:
-    """The pretrained feature spaces (inception, clip, dinov2) that ``names`` need of the generated
-    samples, in a fixed order: what the evaluate stage extracts sharded over processes and caches."""
+    """The pretrained feature spaces (inception, clip, dinov2: a network per image, worth sharding and
+    caching) that ``names`` need of the generated samples, in a fixed order: what the evaluate stage extracts sharded over processes and caches."""
     names = set(names)
     need = set()
     if names & {"fid_inception", "kid_inception"}:

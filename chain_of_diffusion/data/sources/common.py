@@ -133,6 +133,17 @@ def existing_path(cfg: DataConfig, kind: str) -> Path:
     return path
 
 
+def check_columns(where: str, columns: list[str], cfg: DataConfig) -> None:
+    """A DataError naming the missing column and its config key, where a table (CSV, dataset) lacks
+    data.image_column, data.caption_column or a set data.label_column."""
+    wanted = [("data.image_column", cfg.image_column), ("data.caption_column", cfg.caption_column)]
+    if cfg.label_column:
+        wanted.append(("data.label_column", cfg.label_column))
+    for key, name in wanted:
+        if name not in columns:
+            raise DataError(f"{where}: no column '{name}' ({key}); columns present: {', '.join(columns) or '(none)'}")
+
+
 def label_mapping(
     values: list[Any], key: str, where: str
 ) -> tuple[list[Optional[int]], Optional[list[str]]]:

@@ -12,12 +12,12 @@ from PIL import Image
 from chain_of_diffusion.data.sources.common import (
     Candidate,
     SourceData,
+    check_columns,
     collect,
     existing_path,
     label_mapping,
     read_image_file,
 )
-from chain_of_diffusion.errors import DataError
 
 if TYPE_CHECKING:
     from chain_of_diffusion.config import DataConfig
@@ -31,19 +31,10 @@ def load(cfg: DataConfig) -> SourceData:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
         rows = list(reader)
-    for key, name in (("data.image_column", cfg.image_column), ("data.caption_column", cfg.caption_column)):
-        if name not in columns:
-            raise DataError(
-                f"{path}: no column '{name}' ({key}); columns present: {', '.join(columns) or '(none)'}"
-            )
+    check_columns(str(path), columns, cfg)
     labels: list[Optional[int]] = [None] * len(rows)
     class_names = None
     if cfg.label_column:
-        if cfg.label_column not in columns:
-            raise DataError(
-                f"{path}: no column '{cfg.label_column}' (data.label_column); "
-                f"columns present: {', '.join(columns)}"
-            )
         labels, class_names = label_mapping(
             [row.get(cfg.label_column) for row in rows], cfg.label_column, str(path)
         )

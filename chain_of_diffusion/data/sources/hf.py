@@ -12,6 +12,7 @@ from PIL import Image
 from chain_of_diffusion.data.sources.common import (
     Candidate,
     SourceData,
+    check_columns,
     collect,
     label_mapping,
     one_line,
@@ -86,18 +87,11 @@ def load(cfg: DataConfig) -> SourceData:
 
     ds = _open_hf_dataset(cfg)
     columns = list(ds.column_names)
-    for key, name in (("data.image_column", cfg.image_column), ("data.caption_column", cfg.caption_column)):
-        if name not in columns:
-            raise DataError(f"{cfg.path}: no column '{name}' ({key}); columns present: {', '.join(columns)}")
+    check_columns(str(cfg.path), columns, cfg)
     wanted = [cfg.image_column, cfg.caption_column]
     labels: list[Optional[int]] = [None] * len(ds)
     class_names = None
     if cfg.label_column:
-        if cfg.label_column not in columns:
-            raise DataError(
-                f"{cfg.path}: no column '{cfg.label_column}' (data.label_column); "
-                f"columns present: {', '.join(columns)}"
-            )
         feature = ds.features[cfg.label_column]
         values = ds[cfg.label_column]
         if isinstance(feature, datasets.ClassLabel):
