@@ -49,6 +49,9 @@ def planned_stages(cfg: ChainConfig, run: Optional[RunDir] = None) -> list[tuple
 
 def _schedule(cfg: ChainConfig, registry) -> list[tuple]:
     """(stage, generation) in the order they run; generation None for the once-per-chain stages."""
+    from chain_of_diffusion.stages.base import enabled
+
+    registry = [s for s in registry if enabled(s, cfg)]
     before = [(s, None) for s in registry if s.when == "before"]
     per_generation = [(s, g) for g in range(cfg.generations) for s in registry if s.when == "per_generation"]
     return before + per_generation + [(s, None) for s in registry if s.when == "after"]

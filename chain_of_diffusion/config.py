@@ -30,7 +30,7 @@ SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler", "pndm", "heun")
 FLOW_SAMPLERS = ("euler", "heun")  # what model.objective=flow integrates with
 T_SAMPLINGS = ("uniform", "logit_normal")
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
-MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh", "reflow")
+MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh", "reflow", "ra_reflow")
 REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
@@ -130,6 +130,9 @@ class MixConfig:
     real_fraction: float = 0.0
     real_fraction_schedule: str = "constant"
     num_images: Optional[int] = None  # training set size from generation 1 on; null = data.num_train
+    # ra_reflow: optimizer steps between re-inverting the real images with the model being trained
+    # (the online variant); null = inverted once, with the previous generation's flow
+    refresh_real_pairs_every: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,9 @@ class MetricsConfig:
     dinov2_model: str = "facebook/dinov2-large"
     batch_size: int = 64  # images per forward pass of the Inception / CLIP / DINOv2 feature extractors
     tracker: str = "none"  # none | tensorboard | wandb: also log metrics and grids through accelerate
+    # model.objective=flow: also the metrics of the samples re-drawn with this many Euler steps each
+    # (reflow's point: fewer steps), as <name>_<k>step; [] = off
+    few_steps: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -336,17 +342,24 @@ def _validate_mix(cfg: ChainConfig) -> None:
     """mix.*"""
     x = cfg.mix
     _choice("mix.policy", x.policy, MIX_POLICIES)
-    if x.policy == "reflow":
+    _in_unit_interval("mix.real_fraction", x.real_fraction)
+    if x.policy in ("reflow", "ra_reflow"):
         if cfg.model.objective != "flow":
-            raise ConfigError(f"config key 'mix.policy': 'reflow' trains on a flow's own couplings (noise, ODE(noise)); "
+            raise ConfigError(f"config key 'mix.policy': {x.policy!r} trains on a flow's own couplings (noise, ODE(noise)); "
                               f"model.objective={cfg.model.objective} is not a flow (use model.objective=flow)")
-        if x.real_fraction > 0:
-            raise ConfigError("config key 'mix.real_fraction': mix.policy=reflow trains on couplings only; "
-                              "set it to 0")
         if cfg.data.random_flip:
             raise ConfigError("config key 'data.random_flip': a flipped image would no longer be its noise's "
-                              "ODE solution; mix.policy=reflow needs it off")
-    _in_unit_interval("mix.real_fraction", x.real_fraction)
+                              f"ODE solution; mix.policy={x.policy} needs it off")
+    if x.policy == "reflow" and x.real_fraction > 0:
+        raise ConfigError("config key 'mix.real_fraction': mix.policy=reflow trains on couplings only; set it to 0 "
+                          "(or use mix.policy=ra_reflow, which pairs real images with their inversion)")
+    if x.policy == "ra_reflow" and round(x.real_fraction * cfg.train.batch_size) < 1:
+        raise ConfigError(f"config key 'mix.real_fraction': mix.policy=ra_reflow needs real pairs in every batch; "
+                          f"{x.real_fraction} of train.batch_size={cfg.train.batch_size} rounds to none (must be in (0, 1])")
+    _at_least("mix.refresh_real_pairs_every", x.refresh_real_pairs_every, 1, allow_none=True)
+    if x.refresh_real_pairs_every is not None and x.policy != "ra_reflow":
+        raise ConfigError("config key 'mix.refresh_real_pairs_every': only mix.policy=ra_reflow has real pairs "
+                          "to re-invert")
     _choice("mix.real_fraction_schedule", x.real_fraction_schedule, REAL_FRACTION_SCHEDULES)
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)
 
@@ -403,6 +416,11 @@ def _validate_metrics(cfg: ChainConfig) -> None:
         if cfg.metrics.prdc_features == "classifier" and cfg.metrics.features != "classifier":
             raise ConfigError("config key 'metrics.prdc_features': 'classifier' needs metrics.features=classifier")
     _choice("metrics.tracker", cfg.metrics.tracker, ("none", "tensorboard", "wandb"))
+    for steps in cfg.metrics.few_steps:
+        _at_least("metrics.few_steps", steps, 1)
+    if cfg.metrics.few_steps and cfg.model.objective != "flow":
+        raise ConfigError(f"config key 'metrics.few_steps': re-sampling with 1-2 Euler steps measures a flow's "
+                          f"straightness in quality; model.objective={cfg.model.objective} is not a flow")
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

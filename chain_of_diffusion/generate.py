@@ -77,6 +77,19 @@ def trajectory_straightness(model: T2IModel, requests: list[dict], cfg: SampleCo
     return process.straightness(net, noise, cond, table[""][None].to(device), steps=cfg.steps, guidance=scales)
 
 
+@torch.no_grad()
+def invert_to_noise(model: T2IModel, requests: list[dict], x1: torch.Tensor, cfg: SampleConfig,
+                    process: Process) -> torch.Tensor:
+    """A flow's reverse ODE: examples ``x1`` (N, ...) in the model's space (latents where there is a VAE),
+    captioned by ``requests`` ({"text"}), back to the noise the sampler would turn into them, with the
+    sampler's steps and guidance (its scales in reverse, so each time sees the scale it has when sampling)."""
+    device = next(model.unet.parameters()).device
+    process, net, table, scales = _prepared(model, requests, cfg, process)
+    cond = torch.stack([table[r["text"]] for r in requests]).to(device)
+    return process.invert(net, x1.to(device), cond, table[""][None].to(device), steps=cfg.steps,
+                          guidance=scales[::-1]).cpu()
+
+
 def generate_image_set(
     model: T2IModel,
     requests: list[dict],

@@ -71,9 +71,10 @@ def build_training_set(cfg: ChainConfig, run: RunDir, generation: int, into: Pat
         num_real = round(fraction * size)
         previous = _records_of(run.stage_path(generation - 1, "selected"), into)
         policy = cfg.mix.policy
-        if policy in ("replace", "fresh", "reflow"):  # reflow: the couplings of g-1 (real_fraction is 0)
+        # reflow: the couplings of g-1 (real_fraction is 0); ra_reflow: those and real images
+        if policy in ("replace", "fresh", "reflow", "ra_reflow"):
             synthetic = _draw(previous, size - num_real, cfg.seed, "mix-synthetic", generation)
-            if policy in ("replace", "reflow"):
+            if policy != "fresh":
                 # real images the selection kept (select.method=latent) are already in: not twice
                 taken = {r["file_name"] for r in synthetic}
                 unused = [r for r in real_train if r["file_name"] not in taken]

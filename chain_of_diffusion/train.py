@@ -42,7 +42,7 @@ from chain_of_diffusion.errors import TrainingError
 from chain_of_diffusion.models.denoisers import UNetDenoiser
 from chain_of_diffusion.processes import Denoiser, Process, make_process
 from chain_of_diffusion.progress import progress_bar
-from chain_of_diffusion.seeding import generator
+from chain_of_diffusion.seeding import derive_seed, generator
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class TrainData:
     encoder trains too (its own LoRA), the captions are token ids instead of embeddings:
     caption_ids (U, L) and empty_ids (1, L), encoded anew every step. noise: (N, ...) the noise paired
     with each example where the pairs are given (Reflow's couplings (z, ODE(z))) instead of drawn.
+    strata: [(rows, count)]: every global batch takes exactly ``count`` examples from each stratum's
+    ``rows`` (RA Reflow: the real share of each batch); None = one stream over all examples.
+    refresh: re-make the given noise during training (RA Reflow's online inversion); the trainer
+    replaces ``noise`` in place and keeps it in its checkpoints.
     """
 
     x0: torch.Tensor
@@ -77,6 +81,17 @@ class TrainData:
     caption_ids: Optional[torch.Tensor] = None
     empty_ids: Optional[torch.Tensor] = None
     noise: Optional[torch.Tensor] = None
+    strata: Optional[list[tuple[torch.Tensor, int]]] = None
+    refresh: Optional[NoiseRefresh] = None
+
+
+@dataclass
+class NoiseRefresh:
+    """Every ``every`` optimizer steps, ``make(network)`` (called on every process with the network being
+    trained, unwrapped) returns the new given noise (N, ...) for all examples."""
+
+    every: int
+    make: Callable[[torch.nn.Module], torch.Tensor]
 
 
 def micro_batch_layout(batch_size: int, micro_batch_size: Optional[int], num_processes: int) -> tuple[int, int]:
@@ -103,6 +118,16 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> t
     return out
 
 
+def stratified_batch_indices(step: int, strata: list[tuple[torch.Tensor, int]], seed: int) -> torch.Tensor:
+    """Example indices of optimizer step ``step`` with exactly ``count`` examples from each stratum's
+    ``rows``: each stratum read in its own epochs of permutations, the batch then shuffled, so every
+    micro-batch mixes the strata."""
+    parts = [rows[batch_indices(step, count, len(rows), derive_seed(seed, "stratum", k))]
+             for k, (rows, count) in enumerate(strata) if count]
+    batch = torch.cat(parts)
+    return batch[torch.randperm(len(batch), generator=generator(seed, "strata-order", step))]
+
+
 @dataclass
 class StepDraws:
     """The randomness of one optimizer step over the global batch B.
@@ -119,17 +144,22 @@ class StepDraws:
 
 
 def step_draws(step: int, seed: int, cfg: TrainConfig, num_examples: int, sample_shape: tuple[int, ...],
-               draw_t: Callable[[torch.Generator, int], torch.Tensor] | int, *, flips: bool = False) -> StepDraws:
+               draw_t: Callable[[torch.Generator, int], torch.Tensor] | int, *, flips: bool = False,
+               strata: Optional[list[tuple[torch.Tensor, int]]] = None) -> StepDraws:
     """Everything random about optimizer step ``step``, from ``(seed, step)`` alone: drawn whole on
     every process, then sliced, so a sample's randomness does not depend on the process count.
 
     ``draw_t(generator, n)`` is the process's time distribution (an int n stands for integer
-    timesteps uniform in [0, n), the DDPM one); ``sample_shape`` is one example's shape, any rank.
+    timesteps uniform in [0, n), the DDPM one); ``sample_shape`` is one example's shape, any rank;
+    ``strata``: see :attr:`TrainData.strata`.
     """
     if isinstance(draw_t, int):
         num_timesteps = draw_t
         draw_t = lambda g, n: torch.randint(0, num_timesteps, (n,), generator=g)  # noqa: E731
-    idx = batch_indices(step, cfg.batch_size, num_examples, seed)
+    if strata is not None:
+        idx = stratified_batch_indices(step, strata, seed)
+    else:
+        idx = batch_indices(step, cfg.batch_size, num_examples, seed)
     g = generator(seed, "noise", step)
     noise = torch.randn((cfg.batch_size, *sample_shape), generator=g)
     timesteps = draw_t(g, cfg.batch_size)
@@ -351,6 +381,10 @@ def train_denoiser(
         raise TrainingError(f"{desc}: given (noise, data) pairs cannot be flipped (the pairing would break)")
     if text_encoder is not None and data.caption_ids is None:
         raise TrainingError(f"{desc}: a trained text encoder needs caption token ids")
+    if data.strata is not None and sum(count for _, count in data.strata) != cfg.batch_size:
+        raise TrainingError(f"{desc}: the strata's rows per batch do not add up to train.batch_size={cfg.batch_size}")
+    if data.strata is not None and any(count and not len(rows) for rows, count in data.strata):
+        raise TrainingError(f"{desc}: a stratum that must give rows to every batch has no examples")
     micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
     session = _start(accelerator, unet, text_encoder, cfg, desc)
     progress = session.progress
@@ -358,14 +392,17 @@ def train_denoiser(
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
-        session.load_trainer_state(load_trainer_state(resume))
+        state = load_trainer_state(resume)
+        session.load_trainer_state(state)
+        if data.refresh is not None and "given_noise" in state:  # as refreshed before the checkpoint
+            data.noise = state["given_noise"]
         log.info("%s: resumed from %s at step %d", desc, resume, progress.step)
     resumed_from = progress.step
     bar = progress_bar(accelerator, cfg.steps, desc, initial=progress.step)
     while progress.step < cfg.steps:
         step = progress.step
         draws = step_draws(step, seed, cfg, num_examples, tuple(data.x0.shape[1:]), process.draw_t,
-                           flips=data.x0_flipped is not None)
+                           flips=data.x0_flipped is not None, strata=data.strata)
         mean_loss = _optimizer_step(session, process, net, data, draws, cfg, accelerator, micro, accum)
         if not math.isfinite(mean_loss):
             bar.close()
@@ -383,8 +420,13 @@ def train_denoiser(
         bar.update(1)
         if on_step is not None:
             on_step(progress.step, accelerator.unwrap_model(session.model))
+        if data.refresh is not None and progress.step % data.refresh.every == 0 and progress.step < cfg.steps:
+            data.noise = data.refresh.make(accelerator.unwrap_model(session.model))
         if progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.steps:
-            save_checkpoint(accelerator, checkpoint_dir, session.trainer_state())
+            state = session.trainer_state()
+            if data.refresh is not None:  # made by weights a resumed run no longer has
+                state["given_noise"] = data.noise
+            save_checkpoint(accelerator, checkpoint_dir, state)
     bar.close()
     return _finish(accelerator, session, unet, text_encoder, started, resumed_from)
 

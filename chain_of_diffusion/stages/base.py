@@ -67,6 +67,12 @@ def after_commit(stage: Stage, ctx: StageContext, generation: Optional[int]) -> 
         hook(ctx, generation)
 
 
+def enabled(stage: Stage, cfg: ChainConfig) -> bool:
+    """Whether the config asks for the stage at all (a stage without ``enabled`` always runs)."""
+    hook = getattr(stage, "enabled", None)
+    return hook is None or bool(hook(cfg))
+
+
 def check(stage: Stage, ctx: StageContext) -> None:
     """The stage's check of its finished output, on every process, at every (re)start, where it has one."""
     hook = getattr(stage, "check", None)

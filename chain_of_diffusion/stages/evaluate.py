@@ -99,6 +99,8 @@ class EvaluateStage:
         make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=grid_scale(cfg)).save(out / "grid.png")
         if process.name == "flow":  # how straight the sampling paths are (Liu et al.): reflow's aim
             metrics["straightness"] = trajectory_straightness(model, requests, cfg.sample, process)
+        if cfg.metrics.few_steps:  # the few_steps stage's metrics at 1, 2, ... Euler steps
+            metrics.update(read_json(run.stage_path(generation, "few_steps") / "metrics.json", {}))
         atomic_write_json(out / "metrics.json", metrics)
         accelerator.wait_for_everyone()
         return metrics

@@ -15,8 +15,7 @@ import torch
 from accelerate.utils import gather_object
 
 from chain_of_diffusion.data.imageset import image_path, load_images, read_metadata
-from chain_of_diffusion.errors import DataError
-from chain_of_diffusion.generate import initial_noise, render
+from chain_of_diffusion.generate import render
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.tracking import log_image
 from chain_of_diffusion.models.build import MAX_TOKENS, encode_captions, encode_images, save_model
@@ -24,6 +23,7 @@ from chain_of_diffusion.models.cache import EncodingCache, file_key, text_key
 from chain_of_diffusion.models.denoisers import unet_denoiser
 from chain_of_diffusion.models.load import process_for, training_model
 from chain_of_diffusion.models.lora import save_lora
+from chain_of_diffusion.reflow import REFLOW_POLICIES, give_pairs
 from chain_of_diffusion.requests import grid_scale
 from chain_of_diffusion.runs import atomic_write_json
 from chain_of_diffusion.seeding import derive_seed
@@ -44,9 +44,10 @@ class TrainStage:
         model = training_model(cfg, ctx.built_base, generation, previous, accelerator.device)
         cache_stats: dict = {}
         data = training_data(ctx, train_dir, records, model, cache_stats)
-        if ctx.cfg.mix.policy == "reflow" and generation > 0:
-            data.noise = coupling_noise(records, model.sample_shape)
         process = process_for(cfg, model)
+        pairs = {"given_noise": False}
+        if cfg.mix.policy in REFLOW_POLICIES and generation > 0:
+            pairs = give_pairs(ctx, generation, records, data, model, process)
         result = train_denoiser(
             model.unet, process, data, cfg.train, adapter=lambda unet: unet_denoiser(unet, process),
             seed=derive_seed(cfg.seed, "train", generation), accelerator=accelerator,
@@ -55,7 +56,7 @@ class TrainStage:
             text_encoder=model.text_encoder if cfg.train.lora_text_encoder else None,
         )
         summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
-                   "given_noise": data.noise is not None,
+                   **pairs,
                    "resumed_from_step": result.resumed_from_step, "encoding_cache": cache_stats}
         if ctx.is_main:
             if cfg.train.mode == "lora":
@@ -72,16 +73,6 @@ class TrainStage:
     @staticmethod
     def _checkpoints(ctx: StageContext, generation: int) -> Path:
         return ctx.run.gen(generation) / ".train_checkpoints"
-
-
-def coupling_noise(records: list[dict], shape: tuple[int, ...]) -> torch.Tensor:
-    """Reflow's couplings: the noise each sample was generated from, re-created from its recorded seed
-    (generate.initial_noise), so the run stores no noise. (N, *shape)."""
-    missing = [r["file_name"] for r in records if r.get("seed") is None or r.get("source") == "real"]
-    if missing:
-        raise DataError(f"mix.policy=reflow: {missing[0]} has no generating seed (a real image?); "
-                        "reflow trains on generated samples only")
-    return torch.stack([initial_noise(int(r["seed"]), shape) for r in records])
 
 
 def training_data(ctx: StageContext, train_dir: Path, records: list[dict], model, cache_stats: dict) -> TrainData:
