@@ -1,4 +1,5 @@
-"""The chain config: one frozen dataclass per stage, YAML files merged in order, ``key=value`` last.
+"""The chain config: YAML files merged in order over the schema (:mod:`chain_of_diffusion.schema`),
+``key=value`` last, then checked.
 
 Every check that can fail on user input raises :class:`ConfigError` with one line that names the
 key (``train.lr``) and what is allowed, before any work starts.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,191 +16,39 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from chain_of_diffusion.errors import ConfigError
-
-ARCHS = ("tiny", "small", "sd15", "tiny_sd")
-# The names users type for each choice; the registries that implement them are keyed by these
-# (processes.PROCESSES, processes.ddpm.SCHEDULERS, ...) and tests/test_layout.py checks they agree.
-OBJECTIVES = ("eps", "v", "flow", "dae")
-OPTIMIZERS = ("adamw", "adamw8bit")
-TRAIN_MODES = ("full", "lora")
-TRAIN_INITS = ("scratch", "base", "previous")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-ATTENTION = ("auto", "sdpa", "xformers")
-SCHEDULERS = ("ddim", "ddpm", "dpmsolver++", "euler", "pndm", "heun")
-FLOW_SAMPLERS = ("euler", "heun")  # what model.objective=flow integrates with
-T_SAMPLINGS = ("uniform", "logit_normal")
-GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "exponential")
-MIX_POLICIES = ("replace", "accumulate", "accumulate_subsample", "fresh", "reflow", "ra_reflow")
-REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
-SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
-SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
-ON_ERROR = ("error", "skip")
-# Names users put in ``metrics.names`` (docs: README "Evaluation"; metrics/suite.py computes them).
-# Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
-# fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
-# saturation writes saturation_mean and saturation_std.
-PRDC_NAMES = ("precision", "recall", "density", "coverage")  # the k-NN manifold metrics (metrics.prdc_features)
-PRETRAINED_SPACES = ("inception", "clip", "dinov2")  # feature spaces whose networks need weights (preflight.py)
-METRIC_NAMES = (
-    "fd_classifier", "memorization", "generalization", "entropy",
-    "fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
-    "precision", "recall", "density", "coverage",
-    "saturation", "hf_energy", "sharpness",
+from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package imports them from here)
+    ARCHS,
+    ATTENTION,
+    FLOW_SAMPLERS,
+    GUIDANCE_SCHEDULES,
+    METRIC_NAMES,
+    MIX_POLICIES,
+    MIXED_PRECISION,
+    OBJECTIVES,
+    ON_ERROR,
+    OPTIMIZERS,
+    PRDC_NAMES,
+    PRETRAINED_SPACES,
+    REAL_FRACTION_SCHEDULES,
+    SCHEDULERS,
+    SELECT_FEATURES,
+    SELECT_METHODS,
+    T_SAMPLINGS,
+    TRAIN_INITS,
+    TRAIN_MODES,
+    VECTOR_ARCHS,
+    VECTOR_SOURCES,
+    ChainConfig,
+    DataConfig,
+    HubConfig,
+    MetricsConfig,
+    MixConfig,
+    ModelConfig,
+    SampleConfig,
+    SelectConfig,
+    TrainConfig,
+    VectorConfig,
 )
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "digits"
-    path: Optional[str] = None  # folder, csv file, or datasets name/path, depending on source
-    caption_column: str = "text"
-    image_column: str = "image"
-    label_column: Optional[str] = None
-    split: str = "train"  # the datasets split for source=hf
-    resolution: int = 16  # pixels per side after resize + crop
-    center_crop: bool = True
-    random_flip: bool = False
-    num_train: Optional[int] = 500  # real images used for generation 0; null = all left after held-out
-    num_heldout: int = 500  # real images held out for evaluation, chosen by the seed
-    max_images: Optional[int] = None  # cap on the images read from the source (null = all)
-    on_error: str = "error"  # error | skip: what an undecodable or uncaptioned image does
-    min_size: Optional[int] = None  # images with a shorter side below this are errors (or skipped); null = upscale with a warning
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id; null = build model.arch
-    arch: str = "tiny"  # tiny | small | sd15 | tiny_sd: the layout built from a config with random init
-    objective: str = "eps"  # eps | v; with model.pretrained the scheduler's prediction_type decides
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    text_hidden_size: int = 64  # tiny/small text encoder width (sd15 uses CLIP ViT-L's 768)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    mode: str = "full"
-    init: str = "scratch"
-    steps: int = 700  # optimizer steps per generation
-    batch_size: int = 32  # global batch, over all processes and accumulation steps
-    micro_batch_size: Optional[int] = None  # per forward pass; null = batch_size / processes
-    lr: float = 2e-3
-    lr_warmup_steps: int = 50
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    ema_decay: float = 0.995  # exponential moving average of the weights (0 = off); the EMA is saved
-    condition_drop: float = 0.0  # probability of training a sample on the empty caption
-    lora_rank: int = 4
-    lora_alpha: Optional[int] = None  # null = lora_rank (scale 1)
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
-    lora_text_encoder: bool = False  # also train a LoRA on the CLIP text encoder (captions re-encoded every step)
-    lora_text_encoder_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
-    mixed_precision: str = "no"  # no | fp16 | bf16; with LoRA the frozen base is stored in this dtype
-    attention: str = "auto"
-    gradient_checkpointing: bool = False
-    snr_gamma: Optional[float] = None  # Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value
-    noise_offset: float = 0.0  # extra per-channel noise (Lin et al.), lets the model learn dark/bright images
-    t_sampling: str = "uniform"  # model.objective=flow: t ~ U(1e-3, 1) (Liu et al.) or logit_normal (Esser et al.)
-    dae_sigma: float = 0.5  # model.objective=dae: the one noise level of the denoising autoencoder
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
-    cache_latents: bool = True  # encode images and captions once, keyed by content hash, for every epoch
-    validation_prompts: list[str] = field(default_factory=list)  # rendered every validation_every steps
-    validation_every: int = 0  # 0 = no validation images during training
-    checkpoint_every: int = 500  # steps between resumable checkpoints inside a generation
-    log_every: int = 50
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    num_images: Optional[int] = None  # null = one image per training record's caption
-    steps: int = 20
-    scheduler: str = "ddim"
-    guidance_scale: float = 2.0
-    guidance_schedule: str = "constant"
-    guidance_end: float = 1.0
-    batch_size: int = 250  # images per forward pass on one process
-    grid_size: int = 10  # images per row of the report grid (captions and seeds fixed per chain)
-    captions: str = "train"  # train: one image per real training caption; else a text file, one caption a line
-
-
-@dataclass(frozen=True)
-class MixConfig:
-    policy: str = "replace"
-    real_fraction: float = 0.0
-    real_fraction_schedule: str = "constant"
-    num_images: Optional[int] = None  # training set size from generation 1 on; null = data.num_train
-    # ra_reflow: optimizer steps between re-inverting the real images with the model being trained
-    # (the online variant); null = inverted once, with the previous generation's flow
-    refresh_real_pairs_every: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class SelectConfig:
-    method: str = "none"
-    oversample: float = 1.0  # generate oversample x N candidates, keep N
-    # the space distances are measured in: pixels | classifier | unet (generation 0's UNet encoder) |
-    # inception | clip | dinov2 (where their weights exist: metrics.inception_weights, metrics.clip_*,
-    # metrics.dinov2_model) |
-    # auto: classifier where the run trains one (metrics.features=classifier, labelled data), else unet
-    features: str = "pixels"
-    tau0: Optional[float] = None  # threshold_decay: start threshold (null = median NN distance)
-    alpha: float = 0.9  # threshold_decay: tau <- alpha * tau
-    decay_when: str = "empty_pass"  # threshold_decay: empty_pass | every_pass (decay after an empty / any pass)
-    pass_size: Optional[int] = None  # threshold_decay: candidates per pass (null = the budget N)
-    # latent and features=unet: the timestep candidates are noised to before generation 0's UNet
-    # encoder sees them; small, so the image survives the noise (100 of the default 1000 steps)
-    latent_t: int = 100
-    latent_k: int = 5  # latent without class labels: score = -distance to the k-th nearest real embedding
-    # latent with labels: probes fit on all real images but one fold each, so a real candidate is
-    # scored by a probe that never saw it (1 = one probe on everything: in-sample, favours real images)
-    latent_folds: int = 2
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    names: list[str] = field(default_factory=lambda: ["fd_classifier", "memorization", "entropy"])
-    features: str = "classifier"
-    classifier_steps: int = 600  # optimizer steps of the small real-data classifier, trained once
-    entropy_k: int = 1
-    # torch-fidelity's Inception weights file (fid_inception/kid_inception); null = the env variable
-    # CHAIN_OF_DIFFUSION_INCEPTION_WEIGHTS, then torch hub's cache (scripts/fetch_inception.py builds it)
-    inception_weights: Optional[str] = None
-    kid_subset_size: int = 1000  # rows per KID subset (lowered to the smaller set's size)
-    kid_subsets: int = 100
-    prdc_k: int = 5  # neighbours of precision/recall/density/coverage
-    prdc_features: Optional[str] = None  # pixels | classifier | inception | clip | dinov2; null = metrics.features
-    clip_model: str = "ViT-B-32"  # open-clip model name (clip_score, fd_clip)
-    clip_pretrained: Optional[str] = "openai"  # open-clip tag (from the HF cache) or a local checkpoint file
-    # transformers Dinov2Model (fd_dinov2, prdc_features=dinov2): a Hub id in the HF cache or a local
-    # save_pretrained folder; the default is dgm-eval's ViT-L/14 (`hf download facebook/dinov2-large`)
-    dinov2_model: str = "facebook/dinov2-large"
-    batch_size: int = 64  # images per forward pass of the Inception / CLIP / DINOv2 feature extractors
-    tracker: str = "none"  # none | tensorboard | wandb: also log metrics and grids through accelerate
-    # model.objective=flow: also the metrics of the samples re-drawn with this many Euler steps each
-    # (reflow's point: fewer steps), as <name>_<k>step; [] = off
-    few_steps: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HubConfig:
-    repo_id: Optional[str] = None
-    private: bool = True
-
-
-@dataclass(frozen=True)
-class ChainConfig:
-    output_dir: str = "runs/quickstart"
-    seed: int = 0
-    generations: int = 4
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    mix: MixConfig = field(default_factory=MixConfig)
-    select: SelectConfig = field(default_factory=SelectConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    hub: HubConfig = field(default_factory=HubConfig)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -235,7 +83,7 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("generations", cfg.generations, 1)
     _at_least("seed", cfg.seed, 0)
     for check in (_validate_data, _validate_model, _validate_train, _validate_sample, _validate_mix,
-                  _validate_select, _validate_metrics):
+                  _validate_select, _validate_metrics, _validate_vectors):
         check(cfg)
 
 
@@ -330,6 +178,10 @@ def _validate_sample(cfg: ChainConfig) -> None:
     _at_least("sample.guidance_scale", s.guidance_scale, 0.0)
     _at_least("sample.guidance_end", s.guidance_end, 0.0)
     _choice("sample.guidance_schedule", s.guidance_schedule, GUIDANCE_SCHEDULES)
+    _choice("sample.start", s.start, ("noise", "train_set"))
+    if s.start == "train_set" and cfg.model.objective != "dae":
+        raise ConfigError(f"config key 'sample.start': starting from the training examples is the DAE chain's "
+                          f"(model.objective=dae), not model.objective={cfg.model.objective}'s")
     _at_least("sample.batch_size", s.batch_size, 1)
     _at_least("sample.grid_size", s.grid_size, 1)
     if s.captions != "train" and not Path(s.captions).expanduser().is_file():
@@ -421,6 +273,65 @@ def _validate_metrics(cfg: ChainConfig) -> None:
     if cfg.metrics.few_steps and cfg.model.objective != "flow":
         raise ConfigError(f"config key 'metrics.few_steps': re-sampling with 1-2 Euler steps measures a flow's "
                           f"straightness in quality; model.objective={cfg.model.objective} is not a flow")
+
+
+# metrics that look at pictures (pretrained image networks, colour and frequency statistics)
+IMAGE_ONLY_METRICS = ("fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
+                      "saturation", "hf_energy", "sharpness")
+
+
+def vector_dim(data: DataConfig) -> Optional[int]:
+    """The dimension of a vector source's points; None for image sources."""
+    if data.source not in VECTOR_SOURCES:
+        return None
+    return 2 if data.source == "gmm" else data.vectors.dim
+
+
+def _validate_vectors(cfg: ChainConfig) -> None:
+    """data.source gaussian | gmm with model.arch mlp | linear, and what does not apply to vectors."""
+    d, m, v = cfg.data, cfg.model, cfg.data.vectors
+    vectors = d.source in VECTOR_SOURCES
+    if vectors != (m.arch in VECTOR_ARCHS):
+        raise ConfigError(
+            f"config key 'model.arch': data.source={d.source} gives points; use model.arch={' or '.join(VECTOR_ARCHS)}"
+            if vectors else
+            f"config key 'model.arch': {m.arch} denoises points, but data.source={d.source} gives images "
+            f"(use data.source={' or '.join(VECTOR_SOURCES)}, or an image arch)")
+    if not vectors:
+        return
+    _at_least("data.vectors.dim", v.dim, 1)
+    if v.mean is not None and len(v.mean) != v.dim:
+        raise ConfigError(f"config key 'data.vectors.mean': {len(v.mean)} values for data.vectors.dim={v.dim}")
+    if v.covariance is not None and (len(v.covariance) != v.dim or not (
+            all(isinstance(x, (int, float)) for x in v.covariance)
+            or all(isinstance(r, (list, tuple)) and len(r) == v.dim for r in v.covariance))):
+        raise ConfigError(f"config key 'data.vectors.covariance': give {v.dim} variances or a {v.dim}x{v.dim} matrix")
+    _at_least("data.vectors.modes", v.modes, 1)
+    if v.std <= 0:
+        raise ConfigError(f"config key 'data.vectors.std': must be > 0, got {v.std}")
+    if d.num_train is None:
+        raise ConfigError("config key 'data.num_train': points are drawn, not read; give how many to train on")
+    refused = [
+        (m.pretrained is not None, "model.pretrained", "a pretrained pipeline denoises images"),
+        (m.arch == "linear" and m.objective != "dae", "model.objective",
+         "model.arch=linear is the theorem's linear denoiser, with no time input: use model.objective=dae"),
+        (cfg.train.mode == "lora", "train.mode", "a LoRA adapts a UNet's attention; train the point denoiser fully"),
+        (d.random_flip, "data.random_flip", "points have no left and right"),
+        (cfg.train.validation_every > 0, "train.validation_every", "validation images are pictures"),
+        (cfg.metrics.features != "pixels", "metrics.features",
+         "points have no classifier: use pixels (the raw coordinates)"),
+        (cfg.metrics.prdc_features not in (None, "pixels"), "metrics.prdc_features", "use pixels (the raw coordinates)"),
+        (cfg.select.method == "latent" or (cfg.select.method != "none" and selection_space(cfg) != "pixels"),
+         "select.features", "points are selected in their raw coordinates: select.features=pixels, no latent"),
+    ]
+    for bad, key, why in refused:
+        if bad:
+            raise ConfigError(f"config key '{key}': data.source={d.source} gives points; {why}")
+    pictures = [n for n in cfg.metrics.names if n in IMAGE_ONLY_METRICS]
+    if pictures:
+        raise ConfigError(f"config key 'metrics.names': {pictures[0]} measures images; data.source={d.source} "
+                          "gives points (fd_classifier, memorization, generalization, entropy, precision, "
+                          "recall, density and coverage work on them)")
 
 
 def _one_line_omegaconf_error(err: oc_errors.OmegaConfBaseException, origin: str) -> ConfigError:

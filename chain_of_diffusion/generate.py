@@ -16,7 +16,7 @@ from accelerate.utils import gather_object
 
 from chain_of_diffusion.batching import UNET_ROWS
 from chain_of_diffusion.config import SampleConfig
-from chain_of_diffusion.data.imageset import save_png, tensor_to_pil
+from chain_of_diffusion.data.imageset import save_png, save_vectors, tensor_to_pil, vector_file_name
 from chain_of_diffusion.models.build import T2IModel, decode_latents, encode_captions
 from chain_of_diffusion.models.denoisers import unet_denoiser
 from chain_of_diffusion.models.pretrained import objective_of
@@ -42,22 +42,26 @@ def _prepared(model: T2IModel, requests: list[dict], cfg: SampleConfig, process:
     return process, net, table, scales
 
 
-def _noise_and_cond(model: T2IModel, chunk: list[dict], table: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    noise = torch.stack([initial_noise(r["seed"], model.sample_shape) for r in chunk]).to(device)
+def _noise_and_cond(model: T2IModel, chunk: list[dict], table: dict, device,
+                    starts: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial states (each request's seeded noise, or row ``start_row`` of ``starts``) and captions."""
+    noise = torch.stack([initial_noise(r["seed"], model.sample_shape) if starts is None else starts[r["start_row"]]
+                         for r in chunk]).to(device)
     return noise, torch.stack([table[r["text"]] for r in chunk]).to(device)
 
 
 @torch.no_grad()
 def render(model: T2IModel, requests: list[dict], cfg: SampleConfig, *, progress=None,
-           process: Optional[Process] = None) -> torch.Tensor:
+           process: Optional[Process] = None, starts: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Requests ``{"text", "seed"}`` -> images (N, 3, H, W) in [-1, 1], in request order. ``process``:
-    how to sample (default: the DDPM process of the model's scheduler with ``cfg.scheduler``)."""
+    how to sample (default: the DDPM process of the model's scheduler with ``cfg.scheduler``);
+    ``starts``: examples in the model's space that requests start from (``start_row``) instead of noise."""
     device = next(model.unet.parameters()).device
     process, net, table, scales = _prepared(model, requests, cfg, process)
     out = []
     for lo in range(0, len(requests), cfg.batch_size):
         chunk = requests[lo : lo + cfg.batch_size]
-        noise, cond = _noise_and_cond(model, chunk, table, device)
+        noise, cond = _noise_and_cond(model, chunk, table, device, starts)
         gens = [torch.Generator().manual_seed(r["seed"] + 1) for r in chunk]
         latents = process.sample(net, noise, cond, table[""][None].to(device), steps=cfg.steps, guidance=scales,
                                  generators=gens)
@@ -99,23 +103,41 @@ def generate_image_set(
     *,
     desc: str = "generate",
     process: Optional[Process] = None,
+    starts: Optional[torch.Tensor] = None,
 ) -> list[dict]:
-    """Write one PNG per request into ``out_dir`` (shared by all processes); return all records.
+    """Write one PNG per request into ``out_dir`` (shared by all processes), or for a point denoiser
+    one ``vectors.safetensors`` of all requests; return all records.
 
     Requests are ``{"index", "text", "seed", ...}``; the returned records (every process gets
     all of them, sorted by index) add ``file_name`` and keep the other keys as provenance.
     """
     out_dir = Path(out_dir)
+    points = len(model.sample_shape) == 1  # a point denoiser: a vector set, not PNGs
     with accelerator.split_between_processes(requests) as mine:
         bar = progress_bar(accelerator, len(requests), desc)
         # the main process's bar counts its own share scaled up: every process moves in step
         step = max(1, accelerator.num_processes)
-        images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step), process=process)
+        images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step), process=process,
+                        starts=starts)
         bar.close()
-        records = []
-        for request, image in zip(mine, tensor_to_pil(images)):
-            name = file_name_for(request["index"])
-            save_png(image, out_dir / name)
-            records.append({**request, "file_name": name})
-    gathered = gather_object(records)
+        if points:
+            shard = [(r["index"], images[k].float().numpy()) for k, r in enumerate(mine)]
+        else:
+            shard = []
+            for request, image in zip(mine, tensor_to_pil(images)):
+                name = file_name_for(request["index"])
+                save_png(image, out_dir / name)
+                shard.append({**request, "file_name": name})
+    gathered = gather_object(shard)
+    if points:
+        return _vector_set(requests, dict(gathered), out_dir, accelerator.is_main_process)
     return sorted(gathered, key=lambda r: r["index"])
+
+
+def _vector_set(requests: list[dict], points: dict, out_dir: Path, write: bool) -> list[dict]:
+    """Records of a vector set whose rows are the requests in index order; the main process (``write``)
+    saves the points (index -> (d,) array) as its ``vectors.safetensors``."""
+    ordered = sorted(requests, key=lambda r: r["index"])
+    if write:
+        save_vectors(out_dir, torch.stack([torch.from_numpy(points[r["index"]]) for r in ordered]))
+    return [{**r, "file_name": vector_file_name(row)} for row, r in enumerate(ordered)]

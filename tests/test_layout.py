@@ -95,7 +95,9 @@ def test_no_import_circles_in_the_package():
 
 def test_config_imports_nothing_heavier_than_the_errors():
     assert _graph()["chain_of_diffusion.config"] <= {"chain_of_diffusion", "chain_of_diffusion.errors",
-                                                      "chain_of_diffusion.data", "chain_of_diffusion.data.sources"}
+                                                      "chain_of_diffusion.schema", "chain_of_diffusion.data",
+                                                      "chain_of_diffusion.data.sources"}
+    assert _graph()["chain_of_diffusion.schema"] <= {"chain_of_diffusion"}
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -3,6 +3,11 @@
 Each metadata record has ``file_name`` (relative to the folder holding ``metadata.jsonl``; it may
 point into another folder with ``../``) and ``text`` (the caption), plus provenance such as
 ``seed``, ``source``, ``generation``, ``index``, ``label``.
+
+A *vector set* (data.source gaussian, gmm) is the same with its points as the rows of one
+``vectors.safetensors`` beside ``metadata.jsonl``: a record's ``file_name`` is
+``vectors.safetensors#<row>``, so records still name one example each and point across folders
+alike, and :func:`load_images` returns (N, d) points instead of (N, C, H, W) pixels.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from PIL import Image
 from chain_of_diffusion.errors import ImageSetError
 
 METADATA = "metadata.jsonl"
+VECTORS = "vectors.safetensors"  # a vector set's points, one row per record
 
 
 
@@ -86,8 +92,51 @@ def pil_to_tensor(images: Sequence[Image.Image], channels: int = 3) -> torch.Ten
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0
 
 
+def vector_file_name(row: int) -> str:
+    return f"{VECTORS}#{row}"
+
+
+def save_vectors(folder: str | Path, points: torch.Tensor) -> None:
+    """A vector set's points (N, d), written to a temp name and renamed."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / VECTORS
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"vectors": points.float().contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _vector_row(path: Path) -> tuple[Path, int] | None:
+    """(file, row) where ``path`` names a row of a vector set, else None."""
+    name, sep, row = path.name.partition("#")
+    if sep and name.endswith(".safetensors") and row.isdigit():
+        return path.with_name(name), int(row)
+    return None
+
+
+def _load_vectors(rows: list[tuple[Path, int]]) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    files: dict[Path, torch.Tensor] = {}
+    out = []
+    for path, row in rows:
+        if path not in files:
+            try:
+                files[path] = load_file(str(path))["vectors"]
+            except (OSError, KeyError, ValueError) as err:  # safetensors raises its own error for bad headers
+                raise ImageSetError(f"{path}: cannot read vectors ({err})") from None
+        if row >= files[path].shape[0]:
+            raise ImageSetError(f"{path}: no row {row} (it has {files[path].shape[0]})")
+        out.append(files[path][row])
+    return torch.stack(out).float()
+
+
 def load_images(folder: str | Path, records: Sequence[dict], channels: int = 3) -> torch.Tensor:
-    """The images of ``records`` (paths relative to ``folder``) as (N, C, H, W) in [-1, 1]."""
+    """The images of ``records`` (paths relative to ``folder``) as (N, C, H, W) in [-1, 1]; for a
+    vector set, its points (N, d)."""
+    rows = [_vector_row(image_path(folder, r)) for r in records]
+    if rows and all(rows):
+        return _load_vectors(rows)
     images = []
     for record in records:
         path = image_path(folder, record)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from chain_of_diffusion.config import ChainConfig
-from chain_of_diffusion.data.imageset import save_png, write_metadata
+from chain_of_diffusion.data.imageset import save_png, save_vectors, vector_file_name, write_metadata
 from chain_of_diffusion.data.sources import load_source
 from chain_of_diffusion.errors import DataError
 from chain_of_diffusion.seeding import generator
@@ -50,10 +51,14 @@ def prepare_real(cfg: ChainConfig, out_dir: Path) -> dict:
         folder = out_dir / split
         folder.mkdir(parents=True, exist_ok=True)
         records = []
-        for position, i in enumerate(order[lo:hi]):
-            example = data.examples[i]
-            name = f"{position:06d}.png"
-            save_png(example.image, folder / name)
+        chosen = [data.examples[i] for i in order[lo:hi]]
+        vectors = bool(chosen) and chosen[0].vector is not None
+        if vectors:  # a vector set: the points as rows of one file
+            save_vectors(folder, torch.from_numpy(np.stack([e.vector for e in chosen])))
+        for position, example in enumerate(chosen):
+            name = vector_file_name(position) if vectors else f"{position:06d}.png"
+            if not vectors:
+                save_png(example.image, folder / name)
             record = {"file_name": name, "text": example.text, "source": "real", "generation": -1,
                       "index": position, "origin": example.origin}
             if example.label is not None:

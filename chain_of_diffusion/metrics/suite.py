@@ -89,6 +89,9 @@ def pixel_features(images: Images, size: tuple[int, int] | None = None) -> Tenso
     out = []
     for im in items:
         im = im.float()
+        if im.dim() == 1:  # a point: its coordinates are its features
+            out.append(im)
+            continue
         if tuple(im.shape[-2:]) != tuple(size):
             im = F.interpolate(im.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         out.append(im.flatten())

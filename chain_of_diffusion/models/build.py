@@ -9,6 +9,7 @@ uses the diffusers pipeline sub-folder names (``unet/``, ``text_encoder/``, ``to
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,8 +21,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from chain_of_diffusion.batching import TEXT_ROWS, VAE_ROWS, fixed_batches
-from chain_of_diffusion.config import ModelConfig
+from chain_of_diffusion.config import VECTOR_ARCHS, ModelConfig
 from chain_of_diffusion.errors import ModelLoadError
+from chain_of_diffusion.models.vector import VectorDenoiser
 
 MAX_TOKENS = 77  # CLIP's context length, as Stable Diffusion uses it
 
@@ -52,7 +54,9 @@ class T2IModel:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one example in the space the UNet denoises: (C, H, W) of pixels or latents."""
+        """The shape of one example in the space the UNet denoises: (C, H, W) of pixels or latents, (d,) of points."""
+        if isinstance(self.unet, VectorDenoiser):
+            return self.unet.sample_shape
         size = self.unet.config.sample_size
         return (self.latent_channels, size, size)
 
@@ -143,10 +147,14 @@ def _text_config(cfg: ModelConfig, vocab_size: int) -> CLIPTextConfig:
     )
 
 
-def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed: int) -> UNet2DConditionModel:
-    """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed``."""
+def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed: int,
+               dim: Optional[int] = None) -> UNet2DConditionModel | VectorDenoiser:
+    """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed``; for the point layouts
+    (mlp, linear) the denoiser of ``dim``-dimensional points instead."""
     latent = cfg.arch in LATENT_ARCHS
     torch.manual_seed(seed)  # diffusers initialises from the global generator
+    if cfg.arch in VECTOR_ARCHS:
+        return VectorDenoiser(dim=dim, linear=cfg.arch == "linear", cross_attention_dim=cross_attention_dim)
     return UNet2DConditionModel(
         sample_size=resolution // 8 if latent else resolution,
         in_channels=4 if latent else 3,
@@ -156,8 +164,9 @@ def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed
     )
 
 
-def build_model(cfg: ModelConfig, resolution: int, seed: int) -> T2IModel:
-    """A model of layout ``cfg.arch`` with random weights drawn from ``seed``."""
+def build_model(cfg: ModelConfig, resolution: int, seed: int, dim: Optional[int] = None) -> T2IModel:
+    """A model of layout ``cfg.arch`` with random weights drawn from ``seed`` (``dim``: the points'
+    dimension for the point layouts)."""
     tokenizer = build_tokenizer()
     text_config = _text_config(cfg, len(tokenizer))
     vae = None
@@ -171,7 +180,7 @@ def build_model(cfg: ModelConfig, resolution: int, seed: int) -> T2IModel:
             block_out_channels=(128, 256, 512, 512) if sd15 else (8, 16, 16, 16),
             layers_per_block=2 if sd15 else 1, norm_num_groups=32 if sd15 else 8, sample_size=resolution,
         )
-    unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1)
+    unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1, dim)
     # latent layouts take Stable Diffusion's own schedule, so a tiny_sd pipeline behaves like SD's
     schedule = (
         dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
@@ -203,7 +212,9 @@ def load_model(folder: str | Path) -> T2IModel:
     if not (folder / "unet").is_dir():
         raise ModelLoadError(f"{folder}: no unet/ folder (not a model checkpoint)")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        saved_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+        unet_class = VectorDenoiser if saved_class == VectorDenoiser.__name__ else UNet2DConditionModel
+        unet = unet_class.from_pretrained(folder, subfolder="unet")
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         text_encoder = CLIPTextModel.from_pretrained(parts, subfolder="text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(parts, subfolder="tokenizer")
@@ -216,7 +227,9 @@ def load_model(folder: str | Path) -> T2IModel:
 def set_attention(unet: UNet2DConditionModel, mode: str, device: torch.device) -> str:
     """Choose the attention kernel: ``sdpa`` (PyTorch), ``xformers``, or ``auto`` (xformers on CUDA
     when it imports, else SDPA). Asking for xformers where it cannot run is an error, not a
-    silent fallback. Returns the kernel used."""
+    silent fallback. Returns the kernel used ("none" for a point denoiser, which has no attention)."""
+    if isinstance(unet, VectorDenoiser):
+        return "none"
     if mode == "auto":
         if device.type != "cuda":
             return "sdpa"

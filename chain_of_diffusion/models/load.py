@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from chain_of_diffusion.config import ChainConfig
+from chain_of_diffusion.config import ChainConfig, vector_dim
 from chain_of_diffusion.models.build import T2IModel, build_unet, load_model, set_attention
 from chain_of_diffusion.models.lora import add_lora, attach_saved_lora, load_lora_into
 from chain_of_diffusion.models.pretrained import load_pretrained, objective_of
@@ -66,7 +66,7 @@ def training_model(cfg: ChainConfig, built_base: Path, generation: int, previous
     if init == "scratch":
         model.unet = build_unet(
             cfg.model, cfg.data.resolution, model.text_encoder.config.hidden_size,
-            derive_seed(cfg.seed, "init", generation),
+            derive_seed(cfg.seed, "init", generation), dim=vector_dim(cfg.data),
         )
     elif init == "previous" and previous is not None:
         model.unet = load_model(previous).unet

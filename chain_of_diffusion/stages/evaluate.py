@@ -19,9 +19,11 @@ import torch
 from accelerate.utils import gather_object
 
 from chain_of_diffusion.data.imageset import load_images, read_metadata
+from chain_of_diffusion.data.sources.gmm import mode_means
 from chain_of_diffusion.generate import render, trajectory_straightness
 from chain_of_diffusion.metrics import evaluation
 from chain_of_diffusion.metrics.classifier import cheap_features, load_classifier
+from chain_of_diffusion.metrics.points import mode_coverage, scatter_image
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.suite import FeatureSpaces
 from chain_of_diffusion.models.load import process_for
@@ -51,6 +53,12 @@ def evaluated_sample_records(cfg, run: RunDir, generation: int) -> list[dict]:
     (:func:`~chain_of_diffusion.metrics.evaluation.first_by_index`)."""
     records = read_metadata(run.stage_path(generation, "samples"))
     return evaluation.first_by_index(records, selection_budget(cfg, run))
+
+
+def point_picture(run: RunDir, points: torch.Tensor, title: str):
+    """A point set's scatter plot over the held-out real points, on axes every generation of the run shares."""
+    heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
+    return scatter_image(points, heldout, title=title, limits=1.5 * float(heldout[:, :2].abs().max()))
 
 
 class EvaluateStage:
@@ -95,8 +103,14 @@ class EvaluateStage:
         model = ctx.trained_model(generation)
         process = process_for(cfg, model)
         requests = json.loads((run.reference / "grid_requests.json").read_text())
-        grid = render(model, requests, cfg.sample, process=process)
-        make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=grid_scale(cfg)).save(out / "grid.png")
+        if len(model.sample_shape) == 1:  # points: a scatter plot of the evaluated samples over the real ones
+            points = load_images(folders.samples, sample_records)
+            point_picture(run, points, f"generation {generation}").save(out / "grid.png")
+            if cfg.data.source == "gmm":
+                metrics.update(mode_coverage(points, mode_means(cfg.data), cfg.data.vectors.std))
+        else:
+            grid = render(model, requests, cfg.sample, process=process)
+            make_grid_image(grid, nrow=len(requests) // GRID_ROWS, scale=grid_scale(cfg)).save(out / "grid.png")
         if process.name == "flow":  # how straight the sampling paths are (Liu et al.): reflow's aim
             metrics["straightness"] = trajectory_straightness(model, requests, cfg.sample, process)
         if cfg.metrics.few_steps:  # the few_steps stage's metrics at 1, 2, ... Euler steps

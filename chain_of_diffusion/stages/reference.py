@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
+from chain_of_diffusion.config import vector_dim
 from chain_of_diffusion.data.imageset import load_images, read_metadata
 from chain_of_diffusion.errors import ConfigError
 from chain_of_diffusion.metrics import frechet_distance, knn_entropy
@@ -32,6 +33,7 @@ from chain_of_diffusion.requests import GRID_ROWS, grid_requests, grid_scale
 from chain_of_diffusion.runs import atomic_write_json
 from chain_of_diffusion.seeding import derive_seed
 from chain_of_diffusion.stages.base import StageContext
+from chain_of_diffusion.stages.evaluate import point_picture
 
 
 class ReferenceStage:
@@ -49,7 +51,8 @@ class ReferenceStage:
                 atomic_write_json(out / "base.json", {"pretrained": cfg.model.pretrained, "folder": str(folder)},
                                   indent=1, sort_keys=False)
             else:
-                base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"))
+                base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"),
+                                   dim=vector_dim(cfg.data))
                 save_model(base, out / "base_model")
         accelerator.wait_for_everyone()
         pretrained_summary = reference_stage_features(cfg, run.real / "heldout", run.real / "train", out, accelerator,
@@ -64,9 +67,13 @@ class ReferenceStage:
         for r in train_records:
             first.setdefault(r["text"], r)
         row = [first[q["text"]] for q in requests[: len(requests) // GRID_ROWS]]
-        make_grid_image(load_images(run.real / "train", row), nrow=len(row), scale=grid_scale(cfg)).save(
-            out / "grid.png"
-        )
+        if vector_dim(cfg.data):  # points: the real training set's scatter plot
+            point_picture(run, load_images(run.real / "train", train_records), "real (training set)").save(
+                out / "grid.png")
+        else:
+            make_grid_image(load_images(run.real / "train", row), nrow=len(row), scale=grid_scale(cfg)).save(
+                out / "grid.png"
+            )
         classifier = self._classifier(ctx, train_records, out) if cfg.metrics.features == "classifier" else None
         heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
         heldout_features = cheap_features(classifier, heldout)

@@ -105,7 +105,7 @@ def test_max_images_takes_the_first_in_order():
 def test_unknown_source_names_the_key():
     with pytest.raises(DataError, match="data.source"):
         load_source(cfg(source="nope"))
-    assert set(SOURCES) == {"digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist"}
+    assert set(SOURCES) == {"digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist", "gaussian", "gmm"}
 
 
 # ----------------------------------------------------------------------------------- imagefolder

@@ -30,6 +30,8 @@ SOURCES: dict[str, str] = {
     "hf": "chain_of_diffusion.data.sources.hf:load",
     "emoji": "chain_of_diffusion.data.sources.emoji:load",
     "fashion_mnist": "chain_of_diffusion.data.sources.fashion_mnist:load",
+    "gaussian": "chain_of_diffusion.data.sources.gaussian:load",
+    "gmm": "chain_of_diffusion.data.sources.gmm:load",
 }
 
 

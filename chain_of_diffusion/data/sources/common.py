@@ -35,10 +35,11 @@ log = logging.getLogger("chain_of_diffusion.data.sources")
 
 @dataclass
 class RealExample:
-    image: Image.Image  # RGB, data.resolution square
+    image: Optional[Image.Image]  # RGB, data.resolution square (None for a point)
     text: str  # caption
     label: Optional[int]  # class label where the source has one
     origin: str  # file path, or "<source>:<index>"
+    vector: Optional[np.ndarray] = None  # (d,) float32: a vector source's point instead of an image
 
 
 @dataclass
