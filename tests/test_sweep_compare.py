@@ -7,7 +7,13 @@ import sys
 import pytest
 from conftest import ONE_THREAD, ROOT, SHARED_METRICS, SMOKE, TINY_OVERRIDES, call_main, load_script
 
-from chain_of_diffusion.metrics.compare import curves, last_generation_table, load_runs, variant_of
+from chain_of_diffusion.metrics.compare import (
+    curves,
+    last_generation_table,
+    load_runs,
+    per_generation_table,
+    variant_of,
+)
 
 
 def _fake_run(folder, values):
@@ -32,6 +38,22 @@ def test_compare_groups_seeds_and_averages(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cmp" / "fd_classifier.png").is_file()
     assert "fd_classifier.png" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "Every generation" not in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_compare_tables_every_generation_of_the_chosen_metrics(tmp_path):
+    runs = [_fake_run(tmp_path / "reflow" / "seed0", [1.0, 3.0]),
+            _fake_run(tmp_path / "reflow" / "seed1", [2.0, 5.0])]
+    table = per_generation_table(load_runs(runs), ["fd_classifier"])
+    assert "| reflow | 0 | 2 | 1.5 ± 0.71 |" in table and "| reflow | 1 | 2 | 4 ± 1.4 |" in table
+    script = [sys.executable, str(ROOT / "scripts" / "compare.py"), *map(str, runs), "--out", str(tmp_path / "cmp")]
+    proc = subprocess.run([*script, "--metrics", "fd_classifier"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "Every generation" in md and "| reflow | 1 | 2 | 4 ± 1.4 |" in md
+    assert "fd_classifier_reference" not in md.split("![")[0]
+    proc = subprocess.run([*script, "--metrics", "straightness"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no run reports straightness" in proc.stderr
 
 
 def _sweep(tmp_path, variants, seeds="1", timeout=900):

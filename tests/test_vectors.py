@@ -10,7 +10,13 @@ import torch
 from conftest import cli
 
 from chain_of_diffusion.config import load_config
-from chain_of_diffusion.data.imageset import load_images, read_metadata, save_vectors, vector_file_name, write_metadata
+from chain_of_diffusion.data.imageset import (
+    load_images,
+    read_metadata,
+    save_vectors,
+    vector_file_name,
+    write_metadata,
+)
 from chain_of_diffusion.errors import ConfigError
 from chain_of_diffusion.metrics.points import mode_coverage
 

@@ -83,6 +83,23 @@ def last_generation_table(runs: dict[str, list[list[dict]]], metrics: list[str])
     return "\n".join(lines) + "\n"
 
 
+def per_generation_table(runs: dict[str, list[list[dict]]], metrics: list[str]) -> str:
+    """Markdown: one row per (variant, generation), mean ± std over the seeds that reached it."""
+    lines = ["| variant | generation | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (3 + len(metrics))]
+    for variant, variant_runs in runs.items():
+        by_gen: dict[int, list[dict]] = defaultdict(list)
+        for rows in variant_runs:
+            for row in rows:
+                by_gen[row["generation"]].append(row)
+        for g in sorted(by_gen):
+            cells = []
+            for metric in metrics:
+                mean, std, _, _ = _stats([row.get(metric) for row in by_gen[g]])
+                cells.append("-" if math.isnan(mean) else f"{mean:.3g} ± {std:.2g}")
+            lines.append(f"| {variant} | {g} | {len(by_gen[g])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_comparison(runs: dict[str, list[list[dict]]], out_dir: Path) -> list[Path]:
     """One PNG per metric: a line per variant (mean) with its min-max band over seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -114,12 +131,23 @@ def plot_comparison(runs: dict[str, list[list[dict]]], out_dir: Path) -> list[Pa
     return paths
 
 
-def compare(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Write the plots and ``comparison.md`` into ``out_dir``; return the markdown path."""
+def compare(run_dirs: list[Path], out_dir: Path, metrics: list[str] | None = None) -> Path:
+    """Write the plots and ``comparison.md`` into ``out_dir``; return the markdown path.
+
+    ``metrics`` (default: all a run reports) selects the table's columns; with it the markdown also
+    gets a table of every generation, the view a chain's trend needs (straightness, few-step quality).
+    """
     runs = load_runs(run_dirs)
+    known = metric_names(runs)
+    unknown = [m for m in metrics or [] if m not in known]
+    if unknown:
+        raise ValueError(f"no run reports {', '.join(unknown)} (reported: {', '.join(known)})")
     plots = plot_comparison(runs, out_dir)
-    table = last_generation_table(runs, metric_names(runs))
     md = Path(out_dir) / "comparison.md"
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
-    md.write_text(f"# Comparison of {sum(len(r) for r in runs.values())} runs\n\nLast generation, mean ± std over seeds:\n\n{table}\n{images}\n")
+    text = (f"# Comparison of {sum(len(r) for r in runs.values())} runs\n\nLast generation, mean ± std over seeds:\n\n"
+            f"{last_generation_table(runs, metrics or known)}\n")
+    if metrics:
+        text += f"Every generation, mean ± std over seeds:\n\n{per_generation_table(runs, metrics)}\n"
+    md.write_text(text + images + "\n")
     return md
