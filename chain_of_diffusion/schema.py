@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-ARCHS = ("tiny", "small", "sd15", "tiny_sd", "mlp", "linear")
+ARCHS = ("tiny", "small", "rf_cifar", "sd15", "tiny_sd", "mlp", "linear")
 VECTOR_ARCHS = ("mlp", "linear")  # denoisers of vectors (data.source gaussian, gmm), not images
 VECTOR_SOURCES = ("gaussian", "gmm")
 # The names users type for each choice; the registries that implement them are keyed by these
@@ -78,7 +78,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id; null = build model.arch
-    arch: str = "tiny"  # tiny | small | sd15 | tiny_sd: the layout built from a config with random init
+    arch: str = "tiny"  # tiny | small | rf_cifar | sd15 | tiny_sd | mlp | linear: built with random init
     objective: str = "eps"  # eps | v; with model.pretrained the scheduler's prediction_type decides
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"

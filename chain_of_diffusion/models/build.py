@@ -72,7 +72,9 @@ class T2IModel:
 # lowest resolution, where it is cheap); small: the same shape wider, for 32-64 px; sd15: the
 # Stable Diffusion 1.5 UNet/VAE/CLIP-L layout with random weights, for throughput work;
 # tiny_sd: Stable Diffusion's shape (latent UNet, 8x VAE, CLIP text tower) at toy width, the
-# stand-in for a pretrained pipeline in tests and CPU benchmarks.
+# stand-in for a pretrained pipeline in tests and CPU benchmarks; rf_cifar: the CIFAR-10 UNet of Liu et
+# al.'s rectified flow (128 channels, multipliers 1,2,2,2, 2 residual blocks, attention at 16x16 for
+# 32 px) in diffusers' blocks, for the from-scratch experiments at their scale (on GPUs).
 LATENT_ARCHS = ("sd15", "tiny_sd")
 _UNET_LAYOUTS = {
     "tiny": dict(
@@ -98,6 +100,14 @@ _UNET_LAYOUTS = {
         layers_per_block=2,
         attention_head_dim=8,
         norm_num_groups=16,
+    ),
+    "rf_cifar": dict(
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        attention_head_dim=64,
+        norm_num_groups=32,
     ),
     "sd15": dict(
         block_out_channels=(320, 640, 1280, 1280),

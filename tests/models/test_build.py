@@ -57,3 +57,15 @@ def test_attention_choice():
     assert set_attention(unet, "sdpa", cpu) == "sdpa"
     with pytest.raises(ModelLoadError, match="xformers"):
         set_attention(unet, "xformers", cpu)
+
+
+def test_rf_cifar_is_liu_et_als_cifar_unet_shape():
+    """128 channels, multipliers 1,2,2,2, 2 residual blocks per level, attention only at 16x16 for 32 px."""
+    unet = build_unet(ModelConfig(arch="rf_cifar"), resolution=32, cross_attention_dim=64, seed=0)
+    assert unet.config.block_out_channels == (128, 256, 256, 256) and unet.config.layers_per_block == 2
+    with_attention = [hasattr(block, "attentions") for block in unet.down_blocks]
+    assert with_attention == [False, True, False, False]  # level 1: 32 / 2 = 16 px
+    assert 25e6 < sum(p.numel() for p in unet.parameters()) < 60e6
+    with torch.no_grad():
+        out = unet(torch.zeros(1, 3, 32, 32), 10, encoder_hidden_states=torch.zeros(1, 2, 64)).sample
+    assert out.shape == (1, 3, 32, 32)
