@@ -26,6 +26,7 @@ from chain_of_diffusion.runs import (
     RunDirError,
     atomic_write_json,
     atomic_write_text,
+    check_output_dir,
     read_json,
 )
 
@@ -240,6 +241,8 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     run = RunDir(cfg.output_dir)
     ctx = StageContext(cfg, run, accelerator)
     say = echo if main else (lambda *a, **k: None)
+    if not check_output_dir(run.root):
+        return _show_read_only(run, cfg, say)
     if main:
         run.acquire_lock()
     try:
@@ -282,6 +285,23 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     finally:
         if main:
             run.release_lock()
+
+
+def _show_read_only(run: RunDir, cfg: ChainConfig, say) -> ChainResult:
+    """A run directory that cannot be written: its table where the chain is finished, else the
+    one-line refusal. Nothing is written (no lock, no log, no report)."""
+    _check_existing(run, cfg)
+    plan = planned_stages(cfg, run)
+    left = sum(not done for _, done in plan)
+    if left:
+        raise RunDirError(
+            f"output_dir {run.root}: no permission to write in it, and {left} of {len(plan)} stages are "
+            "left to run; make it writable or choose another output_dir"
+        )
+    rows = collect_metrics(run, cfg.generations)
+    say(f"nothing to do: all {cfg.generations} generations in {run.root} are finished (read-only: nothing written)")
+    say(metrics_table(rows))
+    return ChainResult(run.root, rows, [])
 
 
 def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:

@@ -56,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     from chain_of_diffusion.config import load_config, to_yaml
     from chain_of_diffusion.errors import BAD_INPUT as bad_input
     from chain_of_diffusion.preflight import run_preflight
-    from chain_of_diffusion.runs import RunDir
+    from chain_of_diffusion.runs import RunDir, check_output_dir
     try:
         cfg = load_config(args.config, args.overrides)
         # files and weights (Inception, CLIP, DINOv2) before any work, and before a dry run says
         # "to run" about a chain that could not: nothing is written yet
         run_preflight(cfg)
+        # an output_dir that is a file or cannot be made; False: a folder that cannot be written
+        # (a finished run there is still shown, run_chain decides)
+        writable = check_output_dir(cfg.output_dir)
     except bad_input as err:
         print(f"chain.py: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(cfg.output_dir) / "log.txt"
     handler = None
     try:
-        if rank == 0:
+        if rank == 0 and writable:
             handler = _log_to(log_path)
         else:  # without a handler, logging's last resort would print tracebacks on the terminal
             logging.getLogger().addHandler(logging.NullHandler())

@@ -358,6 +358,21 @@ def _schema_node(dotted: str) -> Optional[DictConfig]:
     return node if isinstance(node, DictConfig) else None
 
 
+def _one_line_yaml_error(err: Exception, path: Path) -> str:
+    """``file:line:column: not valid YAML: <problem>`` (1-based, as editors count) where the yaml
+    error carries its position (``problem_mark``), else the first line of its message."""
+    mark = getattr(err, "problem_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or "").split())
+    if mark is None or not problem:
+        lines = str(err).strip().splitlines()
+        return f"{path}: not valid YAML ({lines[0] if lines else type(err).__name__})"
+    context = " ".join(str(getattr(err, "context", None) or "").split())
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        context += f" started at line {context_mark.line + 1}, column {context_mark.column + 1}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) -> ChainConfig:
     """Merge the schema defaults, each YAML file left to right, then ``key=value`` overrides."""
     merged = OmegaConf.structured(ChainConfig)
@@ -368,7 +383,7 @@ def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) 
         try:
             loaded = OmegaConf.load(path)
         except Exception as err:  # yaml errors carry multi-line context
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise ConfigError(_one_line_yaml_error(err, path)) from None
         try:
             merged = OmegaConf.merge(merged, loaded)
         except oc_errors.OmegaConfBaseException as err:

@@ -8,11 +8,11 @@ leaves either the old state or the new one, never half a stage.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import functools
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -20,11 +20,46 @@ from typing import Any, Optional
 from chain_of_diffusion.errors import RunDirError
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask, read once. Linux shows it in /proc (no change at all); elsewhere it can
+    only be read by setting it, which this does once, on first use, and sets back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
+def usual_permissions(path: str | Path) -> None:
+    """Give ``path`` (a file, or every file under a folder) the mode a plain ``open`` would.
+
+    Writers that make their file as a private temp file and rename it (safetensors does, with 0600)
+    would otherwise leave files of the run directory that only their owner can read."""
+    path = Path(path)
+    files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    mode = file_mode()
+    for f in files:
+        if stat.S_IMODE(f.stat().st_mode) != mode:
+            os.chmod(f, mode)
+
+
 @contextlib.contextmanager
 def atomic_replace(path: str | Path) -> Iterator[Path]:
     """Write a file atomically: yields a temporary path beside ``path`` (same suffix, so writers
     that pick a format by suffix still work); when the block ends without error the file is
-    flushed to disk and renamed over ``path``, otherwise removed. Readers never see half a file."""
+    flushed to disk, given the usual permissions (the umask's, whatever mode the writer chose) and
+    renamed over ``path``, otherwise removed. Readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
@@ -32,6 +67,7 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -53,6 +89,40 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
     with open(path) as f:
         return json.load(f)
+
+
+def check_output_dir(root: str | Path) -> bool:
+    """Whether ``output_dir`` can be written: True for a writable folder or one that can be made.
+
+    False for an existing folder that cannot be written (a read-only finished run can still be
+    read). Raises :class:`RunDirError` naming output_dir where it can never be a run directory:
+    it is a file, or a folder above it is a file or cannot be written.
+    """
+    root = Path(root)
+    try:
+        exists = root.exists()
+    except OSError as err:  # a folder above it cannot be searched
+        raise RunDirError(f"output_dir {root}: cannot be read ({err.strerror})") from None
+    if exists:
+        if not root.is_dir():
+            raise RunDirError(f"output_dir {root}: exists and is not a folder; choose another output_dir")
+        return os.access(root, os.W_OK | os.X_OK)
+    parent = root.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"output_dir {root}: cannot be made, {parent} is a file; choose another output_dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"output_dir {root}: cannot be made, no permission to write in {parent}; "
+                          "choose another output_dir")
+    return True
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 class RunDir:
@@ -103,34 +173,35 @@ class RunDir:
 
     # ---- lock ---------------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        """Hold an exclusive lock on ``<root>/.lock`` for the life of this process.
+        """Hold an exclusive lock on ``<root>/.lock`` for the life of this process (non-blocking:
+        a second chain on the same directory is refused at once).
 
-        ``flock`` is released by the kernel when the process dies, ``kill -9`` included, so a
-        stale lock never blocks a resume.
+        ``filelock`` locks with ``flock`` on Unix and ``LockFileEx`` on Windows: both are released
+        by the operating system when the process dies, ``kill -9`` included, so a stale lock never
+        blocks a resume.
         """
+        import filelock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        f = open(self.root / ".lock", "a+")
+        path = self.root / ".lock"
+        holder = _read_holder(path)  # before trying: some filelock versions truncate the file when they open it
+        lock = filelock.FileLock(str(path))
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            f.close()
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                holder = (self.root / ".lock").read_text().strip() or "another process"
-                raise RunDirError(
-                    f"{self.root}: output_dir is in use by another running chain ({holder}); "
-                    "wait for it or choose another output_dir"
-                ) from None
-            raise
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._lock_file = f
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            holder = _read_holder(path) or holder or "another process"
+            raise RunDirError(
+                f"{self.root}: output_dir is in use by another running chain ({holder}); "
+                "wait for it or choose another output_dir"
+            ) from None
+        self._lock_file = lock
+        # who holds it, for the message above; informative only (Windows may refuse a second handle)
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            f.write(f"pid {os.getpid()}\n")
 
     def release_lock(self) -> None:
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
+            self._lock_file.release()
             self._lock_file = None
 
     # ---- state --------------------------------------------------------------------------
@@ -165,6 +236,7 @@ class RunDir:
             # the folder is complete, so the old one is the same result; keep it
             shutil.rmtree(tmp)
         else:
+            usual_permissions(tmp)  # the model files (safetensors writes them 0600)
             os.replace(tmp, final)
         if generation is None:
             state[stage] = True

@@ -5,10 +5,13 @@
     python scripts/select.py --in samples/ --out curated/ --method threshold_decay --budget 500 \
         --features inception --set metrics.inception_weights=pt_inception.pth
 
-Reads ``--in`` (PNG/JPEG files + ``metadata.jsonl``), picks ``--budget`` images, and writes them
-with their metadata (plus ``score``: the rank at which each was picked) as a new image set in
-``--out``. Feature spaces: ``pixels`` (every image brought to 32x32), ``inception``, ``clip``,
-``dinov2`` (where their weights exist; set them with ``--set metrics.KEY=VALUE`` as in
+Reads ``--in`` in every form the chain's ``imagefolder`` and ``csv`` sources read: an image set
+(image files + ``metadata.jsonl``), a folder of images each with a same-named ``.txt`` caption, or
+a CSV of image paths and captions (columns ``--set data.image_column=...``,
+``data.caption_column``, ``data.label_column`` as in a chain config). Picks ``--budget`` images
+and writes them with their metadata (plus ``score``: the rank at which each was picked) as a new
+image set in ``--out``. Feature spaces: ``pixels`` (every image brought to 32x32), ``inception``,
+``clip``, ``dinov2`` (where their weights exist; set them with ``--set metrics.KEY=VALUE`` as in
 ``scripts/evaluate.py``). Bad input prints one line and exits 2.
 """
 
@@ -44,7 +47,8 @@ METHODS = ("random", "greedy_entropy", "threshold_decay")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="select.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--in", dest="src", required=True, help="input image set (folder with metadata.jsonl)")
+    p.add_argument("--in", dest="src", required=True,
+                   help="input: image set (folder with metadata.jsonl), folder of images with .txt captions, or CSV")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
     p.add_argument("--method", default="greedy_entropy", help=" | ".join(METHODS))
     p.add_argument("--budget", type=int, required=True, help="number of images to keep")
@@ -56,35 +60,73 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-size", type=int, default=None,
                    help="threshold_decay: candidates per pass (default: the budget)")
     p.add_argument("--set", action="append", default=[], metavar="metrics.KEY=VALUE",
-                   help="weights of the learned spaces, e.g. metrics.inception_weights=FILE, metrics.clip_pretrained=FILE")
+                   help="weights of the learned spaces, e.g. metrics.inception_weights=FILE, metrics.clip_pretrained=FILE; "
+                   "data.KEY=VALUE for how --in is read, e.g. data.caption_column=caption")
     return p
 
 
-def _metrics_config(overrides: list[str]):
-    """The ``metrics`` config group with the ``--set metrics.KEY=VALUE`` overrides."""
+def _config(overrides: list[str]):
+    """The chain config with the ``--set metrics.KEY=VALUE`` / ``data.KEY=VALUE`` overrides."""
     from chain_of_diffusion.config import ConfigError, load_config
 
     for item in overrides:
-        if not item.startswith("metrics.") or "=" not in item:
-            raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE overrides apply here")
-    return load_config([], overrides).metrics
+        if not item.startswith(("metrics.", "data.")) or "=" not in item:
+            raise ConfigError(f"--set {item!r}: only metrics.KEY=VALUE and data.KEY=VALUE overrides apply here")
+    return load_config([], overrides)
 
 
-def _features(src: Path, records: list[dict], space: str, mcfg):
-    """(N, D) features of the image set's images in ``space``."""
-    from PIL import Image
+def _read_input(src: Path, data_cfg):
+    """(folder the records' ``file_name`` are relative to, records, pixel-space images or None).
 
+    An image set is read with its metadata as it is (provenance kept); a folder of images with
+    ``.txt`` captions and a CSV are read by the chain's own ``imagefolder`` / ``csv`` sources, whose
+    images come at the pixel space's size."""
+    import dataclasses
+    import logging
+
+    from chain_of_diffusion.data.imageset import METADATA, read_metadata
+    from chain_of_diffusion.data.sources import load_source
+
+    if not src.exists():
+        raise ValueError(f"--in {src}: folder does not exist")
+    if src.is_dir() and (src / METADATA).is_file():
+        return src, read_metadata(src), None
+    source = "imagefolder" if src.is_dir() else "csv"
+    cfg = dataclasses.replace(data_cfg, source=source, path=str(src), resolution=SIZE, max_images=None)
+    sources_log = logging.getLogger("chain_of_diffusion.data.sources")
+    level = sources_log.level
+    sources_log.setLevel(logging.ERROR)  # not "upscaled to data.resolution=32": every image is, for pixels
+    try:
+        data = load_source(cfg)  # DataError (a ValueError) names the file and the data.KEY
+    finally:
+        sources_log.setLevel(level)
+    base = src if src.is_dir() else src.parent
+    records = []
+    for ex in data.examples:
+        path = Path(ex.origin)
+        name = path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path.resolve())
+        records.append({"file_name": name, "text": ex.text, **({"label": ex.label} if ex.label is not None else {})})
+    return base, records, [ex.image for ex in data.examples]
+
+
+def _features(src: Path, records: list[dict], space: str, mcfg, pixels=None):
+    """(N, D) features of the image set's images in ``space`` (``pixels``: the images already
+    brought to the pixel space's size, where the reader decoded them)."""
     from chain_of_diffusion.data.imageset import image_path, pil_to_tensor
-    from chain_of_diffusion.data.transforms import to_resolution
+    from chain_of_diffusion.data.sources.common import one_line, read_image_file
+    from chain_of_diffusion.data.transforms import to_resolution, to_rgb
 
+    if space == "pixels" and pixels is not None:
+        return pil_to_tensor(pixels).flatten(1)
     images = []
     for record in records:
         path = image_path(src, record)
         try:
-            with Image.open(path) as im:
-                images.append(to_resolution(im, SIZE) if space == "pixels" else im.convert("RGB"))
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read image ({err})") from None
+            image = read_image_file(path)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
+            raise ValueError(f"{path}: cannot read image ({one_line(err)})") from None
+        # the chain's pixel conventions (16-bit greyscale scaled, alpha onto white)
+        images.append(to_resolution(image, SIZE) if space == "pixels" else to_rgb(image))
     if space == "pixels":
         return pil_to_tensor(images).flatten(1)
     from accelerate import PartialState
@@ -100,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     from chain_of_diffusion.config import ConfigError
-    from chain_of_diffusion.data.imageset import ImageSetError, image_path, read_metadata, write_metadata
+    from chain_of_diffusion.data.imageset import ImageSetError, image_path, write_metadata
     from chain_of_diffusion.select import select_indices
 
     src, out = Path(args.src), Path(args.out)
@@ -111,18 +153,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--features {args.features!r}: not one of {', '.join(SPACES)}")
         if out.exists():
             raise ValueError(f"{out}: already exists; choose a new --out folder")
-        records = read_metadata(src)
-        if not records:
-            raise ValueError(f"{src}/metadata.jsonl: no images")
-        if not 1 <= args.budget <= len(records):
-            raise ValueError(f"--budget {args.budget}: must be between 1 and the {len(records)} images in {src}")
+        config = _config(args.set)
         mcfg = None
         if args.features != "pixels":
             from chain_of_diffusion.preflight import check_space_weights
 
-            mcfg = _metrics_config(args.set)
+            mcfg = config.metrics
             check_space_weights(args.features, mcfg)  # files only, before any image is read
-        features = _features(src, records, args.features, mcfg)
+        base, records, pixels = _read_input(src, config.data)
+        if not records:
+            raise ValueError(f"{src}/metadata.jsonl: no images")
+        if not 1 <= args.budget <= len(records):
+            raise ValueError(f"--budget {args.budget}: must be between 1 and the {len(records)} images in {src}")
+        features = _features(base, records, args.features, mcfg, pixels)
         options = {}
         if args.method == "threshold_decay":
             options = {"tau0": args.tau0, "alpha": args.alpha, "decay_when": args.decay_when,
@@ -142,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         record = dict(records[i])
         path = Path(record["file_name"])
         name = path.name if unique else f"{i:06d}{path.suffix}"
-        shutil.copyfile(image_path(src, record), tmp / name)
+        shutil.copyfile(image_path(base, record), tmp / name)
         kept.append({**record, "file_name": name, "score": rank})
     write_metadata(tmp, sorted(kept, key=lambda r: r["file_name"]))
     tmp.rename(out)

@@ -70,6 +70,20 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config([broken])
 
 
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    from conftest import cli
+
+    broken = write(tmp_path, "broken.yaml", "generations: 2\ntrain: {steps: [1, 2\nsample: {steps: 3}\n")
+    proc = cli("--config", str(broken), f"output_dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    # line 3, column 7 (1-based, as editors count): where the unclosed list runs into the next key
+    assert lines[0].startswith(f"chain.py: error: {broken}:3:7: not valid YAML: did not find expected ',' or ']'")
+    assert "line 2, column 16" in lines[0]  # where that list started
+    assert not (tmp_path / "run").exists()
+
+
 def test_yaml_round_trip(tmp_path):
     cfg = load_config([], ["train.steps=7", "mix.real_fraction=0.25"])
     saved = write(tmp_path, "config.yaml", to_yaml(cfg))

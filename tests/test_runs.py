@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -52,3 +53,26 @@ def test_lock_refuses_a_second_holder(tmp_path):
     first.release_lock()
     second.acquire_lock()  # free again once released
     second.release_lock()
+
+
+def test_lock_held_by_another_process_is_refused_until_it_dies(tmp_path):
+    import subprocess
+    import sys
+
+    # the other chain, killed without a chance to clean up: the operating system frees its lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from chain_of_diffusion.runs import RunDir; "
+         "run = RunDir(sys.argv[1]); run.acquire_lock(); print('held', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"in use by another running chain \\(pid {holder.pid}\\)"):
+            RunDir(tmp_path).acquire_lock()
+    finally:
+        holder.kill()  # SIGKILL on Unix
+        holder.wait()
+    run = RunDir(tmp_path)
+    run.acquire_lock()
+    assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()}\n"
+    run.release_lock()

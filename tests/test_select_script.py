@@ -42,10 +42,36 @@ def test_select_script_curates_an_image_set(tmp_path):
 
 def test_select_script_bad_input(tmp_path):
     proc = _in_process("--in", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--budget", "2")
-    assert proc.returncode == 2 and "metadata.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"select.py: error: --in {tmp_path / 'missing'}: folder does not exist"
     _image_set(tmp_path / "in")
     proc = _in_process("--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--budget", "2", "--method", "magic")
     assert proc.returncode == 2 and "magic" in proc.stderr
+
+
+def test_select_script_reads_txt_captions_and_csv_as_the_chain_does(tmp_path):
+    # the same twelve squares as _image_set, captioned by .txt sidecars (no metadata.jsonl) ...
+    _image_set(tmp_path / "txt")
+    (tmp_path / "txt" / "metadata.jsonl").unlink()
+    for i in range(12):
+        (tmp_path / "txt" / f"{i:03d}.txt").write_text(f"square {i}\n")
+    # ... and listed in a CSV one folder up (paths relative to the CSV), with the caption in another column
+    rows = ["path,caption"] + [f"txt/{i:03d}.png,csv square {i}" for i in range(12)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    runs = {"txt": [], "csv": ["--set", "data.image_column=path", "--set", "data.caption_column=caption"]}
+    for name, extra in runs.items():
+        src = tmp_path / ("txt" if name == "txt" else "list.csv")
+        proc = _in_process("--in", str(src), "--out", str(tmp_path / f"out_{name}"), "--budget", "4", *extra)
+        assert proc.returncode == 0, proc.stderr
+        kept = read_metadata(tmp_path / f"out_{name}")
+        assert len(kept) == 4 and sorted(r["score"] for r in kept) == [0, 1, 2, 3]
+        assert all((tmp_path / f"out_{name}" / r["file_name"]).is_file() for r in kept)
+        prefix = "csv square" if name == "csv" else "square"
+        assert all(r["text"] == f"{prefix} {int(r['file_name'][:3])}" for r in kept)
+        assert {"000.png", "001.png"} & {r["file_name"] for r in kept}  # the bright cluster, as from metadata
+    # the chain's own refusal for a CSV without the image column names the column and its key
+    proc = _in_process("--in", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out"), "--budget", "2")
+    assert proc.returncode == 2 and "data.image_column" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_select_script_refuses_a_budget_above_the_pool_and_spaces_without_weights(tmp_path):

@@ -6,13 +6,30 @@ metrics all see RGB squares of ``data.resolution`` pixels made the same way.
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 WHITE = (255, 255, 255)
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit and 32-bit integer greyscale
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Integer greyscale wider than 8 bits (16-bit PNG/TIFF: mode ``I;16``, or ``I``) as an ``L`` image
+    of its top 8 bits (value >> 8); PIL's own ``convert`` clips such values at 255, all but black
+    turns white. ``I`` (signed 32-bit) holding values past 16 bits is scaled from its full positive
+    range (>> 23); negatives are 0.
+    Other modes are returned as they are."""
+    if image.mode not in WIDE_GREY:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    shift = 8 if image.mode != "I" or values.size == 0 or values.max() <= 0xFFFF else 23
+    return Image.fromarray((np.clip(values, 0, None) >> shift).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A new RGB image; transparent pixels are composited onto white (emoji, logos, PNG icons)."""
+    """A new RGB image; transparent pixels are composited onto white (emoji, logos, PNG icons), and
+    16-bit greyscale scaled to 8 bits (:func:`to_8bit`)."""
+    image = to_8bit(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info
     )

@@ -145,6 +145,31 @@ def test_imagefolder_with_txt_captions_recursive_sorted(tmp_path):
     assert all(ex.label is None for ex in data.examples)
 
 
+# a gradient over the lower 60% of the 16-bit range: PIL's convert("RGB") clips it to nearly all white
+GRADIENT_16 = np.tile(np.linspace(0, 40000, 64), (64, 1)).round().astype(np.uint16)
+
+
+def _check_gradient(image: Image.Image) -> None:
+    loaded = np.asarray(image, dtype=np.float64)
+    assert abs(loaded.mean() - (GRADIENT_16 >> 8).mean()) <= 1.0  # about 77.7 of 255
+    assert loaded[:, 0].mean() < 10 and loaded[:, -1].mean() > 140  # dark left, light right
+
+
+def test_sixteen_bit_png_keeps_its_values(tmp_path):
+    Image.fromarray(GRADIENT_16).save(tmp_path / "grad.png")
+    assert Image.open(tmp_path / "grad.png").mode == "I;16"
+    (tmp_path / "grad.txt").write_text("a gradient")
+    _check_gradient(load_source(cfg(source="imagefolder", path=str(tmp_path))).examples[0].image)
+
+
+def test_thirty_two_bit_integer_image_keeps_its_values():
+    image = Image.fromarray(GRADIENT_16.astype(np.int32))  # mode I, as older PIL opens 16-bit PNGs
+    assert image.mode == "I"
+    _check_gradient(to_resolution(image, RES))
+    wide = Image.fromarray(GRADIENT_16.astype(np.int32) << 15)  # the same picture over the 31-bit range
+    _check_gradient(to_resolution(wide, RES))
+
+
 def test_imagefolder_missing_folder(tmp_path):
     with pytest.raises(DataError, match="data.path: folder does not exist: .*missing"):
         load_source(cfg(source="imagefolder", path=str(tmp_path / "missing")))
