@@ -105,21 +105,56 @@ def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
         )
 
 
-def _check_existing(run: RunDir, cfg: ChainConfig) -> None:
-    """Refuse to mix two different configs in one run directory."""
+def _any_stage_finished(run: RunDir) -> bool:
+    """Whether any stage's folder was committed in the run directory (under any config)."""
+    from chain_of_diffusion.stages import REGISTRY
+
+    if any((run.root / s.folder).exists() for s in REGISTRY if s.when != "per_generation"):
+        return True
+    per_generation = [s.folder for s in REGISTRY if s.when == "per_generation"]
+    return any((gen / folder).exists() for gen in run.root.glob("gen_*") for folder in per_generation)
+
+
+def _check_existing(run: RunDir, cfg: ChainConfig, say=None) -> None:
+    """Refuse to mix two different configs in one run directory. Where no stage has finished (a
+    first try stopped by bad input), the new config replaces the old, said in one line by ``say``."""
     saved = read_json(run.root / "fingerprint.json")
     if saved is None:
         return
+    saved.pop("hub", None)  # runs made before hub left the fingerprint (config.fingerprint_dict)
     new = json.loads(json.dumps(fingerprint_dict(cfg)))
     # a key added to the package after the run was made counts as its default, so upgrading
     # the package does not strand runs made before
     defaults = json.loads(json.dumps(fingerprint_dict(ChainConfig())))
+    _auto_split_as_saved(run, saved, new)
     diffs = sorted(_diff_keys(_with_defaults(saved, defaults), new))
+    if diffs and say is not None and not _any_stage_finished(run):
+        say(f"{run.root}: no stage finished: the new config replaces the old (changed: {', '.join(diffs[:5])})")
+        return
     if diffs:
         raise RunDirError(
             f"{run.root}: holds a run with a different config (changed: {', '.join(diffs[:5])}); "
             "use another output_dir or restore those values"
         )
+
+
+def _auto_split_as_saved(run: RunDir, saved: dict, new: dict) -> None:
+    """A run made when data.num_heldout/num_train were numbers (the defaults were 500 before ``auto``)
+    is the same run under ``auto`` where auto splits its source as it was split: ``saved`` then says
+    ``auto`` too."""
+    from chain_of_diffusion.data.split import AUTO, split_sizes
+
+    summary = read_json(run.real / "summary.json")
+    old, now = saved.get("data", {}), new["data"]
+    keys = [k for k in ("num_heldout", "num_train") if now[k] == AUTO and old.get(k, AUTO) != AUTO]
+    if not keys or not summary:
+        return
+    try:
+        sizes = split_sizes(summary["num_images"], now["num_heldout"], now["num_train"])
+    except (KeyError, ValueError):
+        return
+    if sizes[:2] == (summary.get("heldout"), summary.get("train")):
+        old.update(dict.fromkeys(keys, AUTO))
 
 
 def _check_generations(run: RunDir, cfg: ChainConfig) -> None:
@@ -233,7 +268,7 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     from accelerate import Accelerator
 
     from chain_of_diffusion.stages import REGISTRY, StageContext
-    from chain_of_diffusion.stages.base import check
+    from chain_of_diffusion.stages.base import check, enabled, on_start
 
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
     check_launch(accelerator, cfg)
@@ -247,11 +282,14 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
         run.acquire_lock()
     try:
         if main:
-            _check_existing(run, cfg)
+            _check_existing(run, cfg, say)
             _check_generations(run, cfg)
             atomic_write_text(run.config_path, to_yaml(cfg))
             atomic_write_json(run.root / "fingerprint.json", fingerprint_dict(cfg))
             atomic_write_json(run.root / "env.json", _env_info(accelerator))
+            for stage in REGISTRY:  # e.g. push: a repo that holds another chain is refused here, before any work
+                if enabled(stage, cfg) and (line := on_start(stage, ctx)):
+                    say(line)
         accelerator.wait_for_everyone()
         plan = planned_stages(cfg, run)
         if all(done for _, done in plan):
@@ -266,13 +304,13 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
             say(f"resuming {run.root}: {done_count} of {len(plan)} stages already finished")
         state = run.load_state()
         ran: list[str] = []
-        last_per_generation = [s for s in REGISTRY if s.when == "per_generation"][-1]
         for stage, g in _schedule(cfg, REGISTRY):
             if not run.is_done(g, stage.folder):
-                _run_stage(ctx, stage, g, state, say)
-                ran.append(_label(stage, g))
+                ran += _run_with_pending(ctx, stage, g, state, say)
             check(stage, ctx)
-            if main and stage is last_per_generation:
+            # the derived files (gen_XX/metrics.json, grid.png, report) follow the evaluate stage: the
+            # stages after it (push) read them
+            if main and stage.name == "evaluate":
                 _log_to_tracker(run, cfg, write_derived(run, cfg))
         rows = write_derived(run, cfg) if main else []
         if main:
@@ -304,9 +342,32 @@ def _show_read_only(run: RunDir, cfg: ChainConfig, say) -> ChainResult:
     return ChainResult(run.root, rows, [])
 
 
+def _run_with_pending(ctx, stage, generation: Optional[int], state: dict, say) -> list[str]:
+    """Run (stage, generation), first trying again, oldest first, the earlier generations this stage left
+    pending (stages.base.StagePending). While one stays pending the later ones are recorded pending without
+    being tried: one failed attempt per stage and generation, not one per pending generation. Every process
+    decides from the folders alone, so all take the same path. Returns the labels of the stages run."""
+    from chain_of_diffusion.stages.base import mark_pending
+
+    run = ctx.run
+    earlier = [h for h in range(generation) if not run.is_done(h, stage.folder)] if generation is not None else []
+    todo = [*earlier, generation]
+    for i, g in enumerate(todo):
+        _run_stage(ctx, stage, g, state, say)
+        if not run.is_done(g, stage.folder) and g is not None and g != generation:
+            if ctx.accelerator.is_main_process:
+                for later in todo[i + 1:]:
+                    mark_pending(state, later, stage.name, f"waits for generation {g}")
+                run.save_state(state)
+                say(f"[gen {generation}/{ctx.cfg.generations - 1}] {stage.name} pending: waits for generation {g}")
+            return [_label(stage, h) for h in todo[: i + 1]]
+    return [_label(stage, h) for h in todo]
+
+
 def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
-    """Run one stage into a fresh temporary folder and commit it (every process calls this)."""
-    from chain_of_diffusion.stages.base import after_commit
+    """Run one stage into a fresh temporary folder and commit it (every process calls this). A stage that
+    raises StagePending (main process) leaves no folder: it is recorded pending and the chain goes on."""
+    from chain_of_diffusion.stages.base import StagePending, after_commit, clear_pending, mark_pending
 
     run, accelerator, main = ctx.run, ctx.accelerator, ctx.accelerator.is_main_process
     cfg = ctx.cfg
@@ -317,8 +378,19 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
         run.fresh_tmp(generation, stage.folder)
     accelerator.wait_for_everyone()
     tmp = run.tmp_stage_path(generation, stage.folder)
-    summary = stage.run(ctx, generation, tmp) if main or stage.every_process else None
+    try:
+        summary = stage.run(ctx, generation, tmp) if main or stage.every_process else None
+    except StagePending as pending:
+        shutil.rmtree(tmp, ignore_errors=True)
+        mark_pending(state, generation, stage.name, str(pending))
+        run.save_state(state)
+        log.info("%s pending: %s", where, pending)
+        say(f"{where} pending: {pending}")
+        accelerator.wait_for_everyone()
+        return
     if main:
+        if generation is not None:
+            clear_pending(state, generation, stage.name)
         run.commit_stage(state, generation, stage.folder, tmp, name=stage.name)
         seconds = time.time() - started
         if generation is not None:
@@ -326,6 +398,8 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
             run.save_state(state)
         after_commit(stage, ctx, generation)
         log.info("%s done in %.1fs: %s", where, seconds, _brief(summary))
+        if isinstance(summary, dict) and summary.get("note"):  # what the user should know (auto sizes)
+            say(f"{where} {summary['note']}")
         if generation is not None:
             say(f"{where} done in {seconds:.0f}s")
     accelerator.wait_for_everyone()

@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     from chain_of_diffusion.preflight import run_preflight
     from chain_of_diffusion.runs import RunDir, check_output_dir
     try:
-        cfg = load_config(args.config, args.overrides)
-        # files and weights (Inception, CLIP, DINOv2) before any work, and before a dry run says
-        # "to run" about a chain that could not: nothing is written yet
-        run_preflight(cfg)
+        origins: dict[str, str] = {}
+        cfg = load_config(args.config, args.overrides, origins=origins)
+        # files and weights (the pretrained pipeline, Inception, CLIP, DINOv2) and the sizes the model
+        # can take, before any work and before a dry run says "to run" about a chain that could not:
+        # nothing is written yet
+        run_preflight(cfg, origins)
         # an output_dir that is a file or cannot be made; False: a folder that cannot be written
         # (a finished run there is still shown, run_chain decides)
         writable = check_output_dir(cfg.output_dir)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +23,7 @@ from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package
     ATTENTION,
     FLOW_SAMPLERS,
     GUIDANCE_SCHEDULES,
+    HUB_PUSH_SAMPLES,
     METRIC_NAMES,
     MIX_POLICIES,
     MIXED_PRECISION,
@@ -63,6 +66,15 @@ def _at_least(key: str, value: Any, low: float, *, allow_none: bool = False) -> 
         raise ConfigError(f"config key '{key}': must be >= {low}, got {value}")
 
 
+def _count_or_auto(key: str, value: Any, low: int, *, allow_none: bool = False) -> None:
+    """A whole number >= ``low``, or ``auto`` (data.num_train / num_heldout: sized from the source)."""
+    if value == "auto":
+        return
+    if isinstance(value, str):
+        raise ConfigError(f"config key '{key}': {value!r} is neither a number nor auto")
+    _at_least(key, value, low, allow_none=allow_none)
+
+
 def _in_unit_interval(key: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"config key '{key}': must be in [0, 1], got {value}")
@@ -83,7 +95,7 @@ def validate(cfg: ChainConfig) -> None:
     _at_least("generations", cfg.generations, 1)
     _at_least("seed", cfg.seed, 0)
     for check in (_validate_data, _validate_model, _validate_train, _validate_sample, _validate_mix,
-                  _validate_select, _validate_metrics, _validate_vectors):
+                  _validate_select, _validate_metrics, _validate_vectors, _validate_hub):
         check(cfg)
 
 
@@ -95,8 +107,8 @@ def _validate_data(cfg: ChainConfig) -> None:
     _choice("data.source", d.source, tuple(SOURCES))
     _choice("data.on_error", d.on_error, ON_ERROR)
     _at_least("data.resolution", d.resolution, 4)
-    _at_least("data.num_train", d.num_train, 1, allow_none=True)
-    _at_least("data.num_heldout", d.num_heldout, 2)
+    _count_or_auto("data.num_train", d.num_train, 1, allow_none=True)
+    _count_or_auto("data.num_heldout", d.num_heldout, 2)
     _at_least("data.max_images", d.max_images, 1, allow_none=True)
     _at_least("data.min_size", d.min_size, 1, allow_none=True)
     if d.source in ("imagefolder", "csv", "hf") and not d.path:
@@ -275,6 +287,26 @@ def _validate_metrics(cfg: ChainConfig) -> None:
                           f"straightness in quality; model.objective={cfg.model.objective} is not a flow")
 
 
+# a Hub repo id: namespace/name, each of letters, digits, "-", "_", "." (no "--" or "..", not starting
+# or ending with "-" or "."), the name at most 96 characters
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_HUB_REPO_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+
+
+def _validate_hub(cfg: ChainConfig) -> None:
+    """hub.* (whether a token exists: preflight.py)"""
+    h = cfg.hub
+    if h.repo_id is not None:
+        repo = str(h.repo_id)
+        if not _HUB_REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or len(repo.split("/")[1]) > 96:
+            raise ConfigError(f"config key 'hub.repo_id': {repo!r} is not a Hub repo id; give namespace/name "
+                              "(e.g. my-name/digits-chain)")
+    if h.push_samples == "all":
+        raise ConfigError("config key 'hub.push_samples': 'all' (every sample as a dataset repo) is not "
+                          "implemented yet; use grid or none")
+    _choice("hub.push_samples", h.push_samples, HUB_PUSH_SAMPLES)
+
+
 # metrics that look at pictures (pretrained image networks, colour and frequency statistics)
 IMAGE_ONLY_METRICS = ("fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
                       "saturation", "hf_energy", "sharpness")
@@ -373,8 +405,36 @@ def _one_line_yaml_error(err: Exception, path: Path) -> str:
     return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) -> ChainConfig:
-    """Merge the schema defaults, each YAML file left to right, then ``key=value`` overrides."""
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of the values a loaded YAML mapping sets (``train.steps``)."""
+    if not isinstance(node, dict):
+        return [prefix.rstrip(".")] if prefix else []
+    return [k for key, value in node.items() for k in _dotted_keys(value, f"{prefix}{key}.")]
+
+
+def pretrained_candidates(name: str, config_file: Optional[str | Path] = None) -> list[Path]:
+    """Where a ``model.pretrained`` path is looked for, in order: as given (absolute, or relative to
+    the working directory), then relative to the folder of ``config_file``, the config file that set it."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return [path]
+    tried = [Path.cwd() / path]
+    if config_file is not None:
+        beside = Path(config_file).absolute().parent / path
+        if os.path.normpath(beside) != os.path.normpath(tried[0]):
+            tried.append(Path(os.path.normpath(beside)))
+    return tried
+
+
+def load_config(config_files: list[str | Path] = (), overrides: list[str] = (),
+                *, origins: Optional[dict[str, str]] = None) -> ChainConfig:
+    """Merge the schema defaults, each YAML file left to right, then ``key=value`` overrides.
+
+    A relative ``model.pretrained`` that is no folder from the working directory is looked for beside
+    the config file that set it (:func:`pretrained_candidates`). ``origins``, where given, is filled
+    with dotted key -> the config file that set the key last (keys an override set last are left out).
+    """
+    origins = {} if origins is None else origins
     merged = OmegaConf.structured(ChainConfig)
     for path in config_files:
         path = Path(path)
@@ -388,9 +448,11 @@ def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) 
             merged = OmegaConf.merge(merged, loaded)
         except oc_errors.OmegaConfBaseException as err:
             raise _one_line_omegaconf_error(err, str(path)) from None
+        origins.update(dict.fromkeys(_dotted_keys(OmegaConf.to_container(loaded)), str(path)))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
+        origins.pop(item.split("=", 1)[0].strip(), None)
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except oc_errors.OmegaConfBaseException as err:
@@ -400,6 +462,11 @@ def load_config(config_files: list[str | Path] = (), overrides: list[str] = ()) 
     except oc_errors.OmegaConfBaseException as err:
         raise _one_line_omegaconf_error(err, "config") from None
     validate(cfg)
+    # a model.pretrained that is no folder from here but one beside the config file that set it: that
+    # folder (a Hub id, or a path found nowhere, stays as typed; preflight.py says where it looked)
+    tried = pretrained_candidates(cfg.model.pretrained or "", origins.get("model.pretrained"))
+    if cfg.model.pretrained and len(tried) == 2 and not tried[0].exists() and tried[1].exists():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(tried[1])))
     return cfg
 
 
@@ -412,9 +479,11 @@ def to_dict(cfg: ChainConfig) -> dict:
 
 
 # The keys whose change makes an existing run directory a different run.  output_dir is not one
-# of them (a moved run is the same run); everything else is.
+# of them (a moved run is the same run), nor hub (where a chain is shared changes none of its
+# results: a finished run can be pushed to a repo named later); everything else is.
 def fingerprint_dict(cfg: ChainConfig) -> dict:
     d = to_dict(cfg)
     d.pop("output_dir")
     d.pop("generations")  # extending a finished chain by more generations is allowed
+    d.pop("hub")
     return d

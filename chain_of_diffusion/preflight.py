@@ -1,8 +1,9 @@
 """Checks that need files or weights, run before any work (and before ``--dry-run`` prints).
 
-:func:`chain_of_diffusion.config.validate` checks values only; whether the pretrained feature
-networks a config asks for (Inception, CLIP, DINOv2) have their weights on this machine is a file
-lookup, done here: nothing is loaded, nothing is written. Each check raises a one-line
+:func:`chain_of_diffusion.config.validate` checks values only; whether the pretrained pipeline
+(``model.pretrained``) and the feature networks a config asks for (Inception, CLIP, DINOv2) have
+their weights on this machine, and whether the model can take ``data.resolution``, are file
+lookups, done here: nothing is loaded, nothing is written. Each check raises a one-line
 :class:`~chain_of_diffusion.errors.ConfigError` (the CLIs print it and exit 2), so a chain does
 not train for hours and then find no network to select or evaluate with.
 
@@ -12,10 +13,20 @@ when a check needs them (they pull in torch).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Optional
 
-from chain_of_diffusion.config import PRDC_NAMES, PRETRAINED_SPACES, ChainConfig, selection_space
-from chain_of_diffusion.errors import ConfigError
+from chain_of_diffusion.config import (
+    PRDC_NAMES,
+    PRETRAINED_SPACES,
+    ChainConfig,
+    pretrained_candidates,
+    selection_space,
+    vector_dim,
+)
+from chain_of_diffusion.errors import ConfigError, ModelLoadError
 
 # the selection methods that measure distances in select.features
 DISTANCE_METHODS = ("greedy_entropy", "threshold_decay")
@@ -63,7 +74,62 @@ def check_metric_weights(mcfg, names: Iterable[str]) -> None:
         check_space_weights("dinov2", mcfg)
 
 
-def run_preflight(cfg: ChainConfig) -> None:
-    """Every file/weights check of a chain config; raises a one-line ConfigError."""
+def check_hub_token(cfg: ChainConfig) -> None:
+    """With ``hub.repo_id`` set, a token for the pushes (HF_TOKEN or the cached login), unless offline
+    (HF_HUB_OFFLINE=1: the pushes wait for scripts/push.py). Only whether one exists: it is not read."""
+    if cfg.hub.repo_id is None:
+        return
+    from chain_of_diffusion.hub import has_token, is_offline
+
+    if not is_offline() and not has_token():
+        raise ConfigError(
+            f"config key 'hub.repo_id': pushing to {cfg.hub.repo_id} needs a Hugging Face token with write access; "
+            "set HF_TOKEN or run `hf auth login` (or set HF_HUB_OFFLINE=1 to run now and push later with "
+            "scripts/push.py)"
+        )
+
+
+def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None) -> None:
+    """``model.pretrained`` where it is set: found here (a folder, looked for where
+    :func:`~chain_of_diffusion.config.pretrained_candidates` says, or a Hub id in the Hugging Face
+    cache) and complete; and that the model can take ``data.resolution``: its VAE must make whole
+    latents of it and its UNet halve those once per down-sampling level. Read from the layouts or the
+    pipeline's ``unet/`` and ``vae/`` ``config.json``, no weights loaded. A Hub id that is not cached
+    while the Hub may be reachable is downloaded and checked when the chain loads it.
+    ``config_file``: the config file that set ``model.pretrained`` (its folder is the second place looked in)."""
+    from chain_of_diffusion.models.layouts import (
+        check_resolution,
+        layout_scales,
+        unet_multiple_of,
+        vae_scale_of,
+    )
+
+    if vector_dim(cfg.data) is not None:  # points: no pixels
+        return
+    name = cfg.model.pretrained
+    if not name:
+        vae_scale, unet_multiple = layout_scales(cfg.model.arch)
+        check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.arch={cfg.model.arch}")
+        return
+    from chain_of_diffusion.models.pretrained import check_complete, find_pretrained
+
+    folder = find_pretrained(name, pretrained_candidates(name, config_file))
+    if folder is None:
+        return
+    check_complete(folder, name)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        vae_scale, unet_multiple = vae_scale_of(vae), unet_multiple_of(unet)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"model.pretrained: {folder}: cannot read unet/ or vae/ config.json ({err})") from None
+    check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.pretrained={name}")
+
+
+def run_preflight(cfg: ChainConfig, origins: Optional[dict[str, str]] = None) -> None:
+    """Every file/weights check of a chain config; raises a one-line ConfigError (or ModelLoadError).
+    ``origins``: dotted key -> the config file that set it (:func:`~chain_of_diffusion.config.load_config`)."""
+    check_model_files(cfg, (origins or {}).get("model.pretrained"))
     check_selection_weights(cfg)
     check_metric_weights(cfg.metrics, cfg.metrics.names)
+    check_hub_token(cfg)

@@ -7,7 +7,7 @@ of this); this module holds only what a config *is*.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 ARCHS = ("tiny", "small", "rf_cifar", "sd15", "tiny_sd", "mlp", "linear")
 VECTOR_ARCHS = ("mlp", "linear")  # denoisers of vectors (data.source gaussian, gmm), not images
@@ -29,6 +29,7 @@ REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
 ON_ERROR = ("error", "skip")
+HUB_PUSH_SAMPLES = ("none", "grid")  # "all" (a dataset repo of every sample) is refused for now
 # Names users put in ``metrics.names`` (docs: README "Evaluation"; metrics/suite.py computes them).
 # Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
 # fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
@@ -64,11 +65,17 @@ class DataConfig:
     image_column: str = "image"
     label_column: Optional[str] = None
     split: str = "train"  # the datasets split for source=hf
-    resolution: int = 16  # pixels per side after resize + crop
+    # pixels per side after resize + crop, what the model trains and generates at (a pretrained pipeline too);
+    # a multiple of what the model's VAE and UNet down-sampling need (preflight.py checks it)
+    resolution: int = 16
     center_crop: bool = True
     random_flip: bool = False
-    num_train: Optional[int] = 500  # real images used for generation 0; null = all left after held-out
-    num_heldout: int = 500  # real images held out for evaluation, chosen by the seed
+    # real images generation 0 trains on: a number; null = every image not held out; auto = 500 (at most)
+    # for a source of 1,000+ usable images, else every image not held out (data/split.py)
+    num_train: Optional[Union[int, str]] = "auto"
+    # real images held out for evaluation, chosen by the seed: a number; auto = 500 for a source of
+    # 1,000+ usable images, else 20% of them (rounded down, at least 8); the start says what auto chose
+    num_heldout: Union[int, str] = "auto"
     max_images: Optional[int] = None  # cap on the images read from the source (null = all)
     on_error: str = "error"  # error | skip: what an undecodable or uncaptioned image does
     min_size: Optional[int] = None  # images with a shorter side below this are errors (or skipped); null = upscale with a warning
@@ -195,8 +202,13 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class HubConfig:
-    repo_id: Optional[str] = None
-    private: bool = True
+    """Push every generation to a Hugging Face model repo (chain_of_diffusion/hub.py, stages/push.py)."""
+
+    repo_id: Optional[str] = None  # namespace/name; null = no push
+    private: bool = True  # a repo the push creates is private
+    branch_per_generation: bool = True  # also a branch gen-XX at the commit that pushed generation XX
+    push_samples: str = "grid"  # none | grid (gen_XX/grid.png); all (a dataset repo) is not implemented yet
+    overwrite: bool = False  # push into a repo whose card holds another chain's lineage
 
 
 @dataclass(frozen=True)

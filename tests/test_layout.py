@@ -118,9 +118,9 @@ def test_stages_are_one_registry_in_run_order():
     from chain_of_diffusion.stages import REGISTRY
 
     names = [s.name for s in REGISTRY]
-    assert names == ["real", "reference", "mix", "train", "generate", "select", "few_steps", "evaluate"]
+    assert names == ["real", "reference", "mix", "train", "generate", "select", "few_steps", "evaluate", "push"]
     assert [s.folder for s in REGISTRY if s.when == "per_generation"] == [
-        "train_set", "model", "samples", "selected", "few_steps", "evaluation"]  # the public run directory layout
+        "train_set", "model", "samples", "selected", "few_steps", "evaluation", "push"]  # the public run directory layout
     for stage in REGISTRY:
         assert stage.when in ("before", "per_generation", "after") and callable(stage.run)
 

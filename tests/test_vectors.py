@@ -98,7 +98,8 @@ def _train_set_eigenvalues(run, generation):
     return torch.linalg.eigvalsh(torch.cov(points.T)).flip(0)
 
 
-@pytest.mark.parametrize("real_share", [0.0, 0.5])
+# beta = 0.5 in the slow tier: tests/test_theory.py checks it one generation at a time in the default tier
+@pytest.mark.parametrize("real_share", [0.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_the_linear_dae_chain_follows_the_eigenvalue_recursion(tmp_path, real_share):
     """Zhu et al.: a trained linear DAE is W = S (S + sigma^2 I)^-1 and its outputs W(x + sigma eps) have
     eigenvalues lambda^2 / (lambda + sigma^2); with a real share beta each generation's training set has
@@ -121,16 +122,18 @@ def test_the_linear_dae_chain_follows_the_eigenvalue_recursion(tmp_path, real_sh
         assert min(smallest) > 0.9 * real_share * real[-1].item() and smallest[3] > 0.1
 
 
-@pytest.mark.parametrize("objective", ["eps", "v", "flow", "dae"])
-@pytest.mark.parametrize(("steps", "near_a_mode"), [
-    (400, 0.7), pytest.param(1000, 0.85, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("objective", "steps", "near_a_mode"), [
+    # the default tier: the two processes of the from-scratch papers, short; eps and v are learned in
+    # tests/test_processes.py and run through the chain in tests/test_objectives_in_chain.py
+    ("flow", 400, 0.7), ("dae", 400, 0.7),
+    *[pytest.param(objective, 1000, 0.85, marks=pytest.mark.slow) for objective in ("eps", "v", "flow", "dae")]])
 def test_each_process_learns_the_mixture_with_the_packaged_mlp(objective, steps, near_a_mode, tmp_path):
     """The MLP denoiser trained with each process on 1024 GMM points (8 modes on a circle of radius 4,
     std 0.3): 1000 samples have the data's mean within 0.35 and its covariance within 15% (the data's is
     about 8.1 I), and a share ``near_a_mode`` of them lies within 3 std of a mode (the share grows with
-    the training steps: 400 in the default tier, 1000 in the slow one). The DAE's sample is its chain step, one
-    application of D(x + sigma eps) to data (sample.start: train_set): from noise a one-level DAE is not
-    a sampler of the data, which is the point of Zhu et al.'s theorem."""
+    the training steps: 400 in the default tier, 1000 in the slow one, for all four). The DAE's sample is
+    its chain step, one application of D(x + sigma eps) to data (sample.start: train_set): from noise a
+    one-level DAE is not a sampler of the data, which is the point of Zhu et al.'s theorem."""
     from accelerate import Accelerator
 
     from chain_of_diffusion.data.sources.gmm import load as load_gmm

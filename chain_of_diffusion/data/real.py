@@ -15,26 +15,10 @@ import torch
 from chain_of_diffusion.config import ChainConfig
 from chain_of_diffusion.data.imageset import save_png, save_vectors, vector_file_name, write_metadata
 from chain_of_diffusion.data.sources import load_source
-from chain_of_diffusion.errors import DataError
+from chain_of_diffusion.data.split import split_note, split_sizes
 from chain_of_diffusion.seeding import generator
 
 SPLITS = ("heldout", "train", "pool")
-
-
-def split_sizes(num_images: int, num_heldout: int, num_train: int | None) -> tuple[int, int, int]:
-    """(heldout, train, pool) sizes; raises DataError when the source is too small."""
-    if num_images < num_heldout + 1:
-        raise DataError(
-            f"the data source has {num_images} usable images; data.num_heldout={num_heldout} "
-            "leaves none to train on (lower data.num_heldout)"
-        )
-    train = num_images - num_heldout if num_train is None else num_train
-    if num_heldout + train > num_images:
-        raise DataError(
-            f"the data source has {num_images} usable images, fewer than data.num_heldout="
-            f"{num_heldout} + data.num_train={num_train}"
-        )
-    return num_heldout, train, num_images - num_heldout - train
 
 
 def prepare_real(cfg: ChainConfig, out_dir: Path) -> dict:
@@ -75,4 +59,6 @@ def prepare_real(cfg: ChainConfig, out_dir: Path) -> dict:
         "class_names": data.class_names,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    note = split_note(n, sizes, cfg.data.num_heldout, cfg.data.num_train)
+    # what data.num_heldout/num_train=auto chose, for the terminal (the chain prints a stage's note)
+    return {**summary, "note": note} if note else summary

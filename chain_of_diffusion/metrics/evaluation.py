@@ -235,6 +235,20 @@ def first_by_index(records: Sequence[dict], budget: int) -> list[dict]:
     return [r for r in records if int(r.get("index", 0)) < budget]
 
 
+def _check_same_size(samples: Tensor, samples_dir: Path, heldout_dir: Path) -> None:
+    """A one-line error naming both sizes where a generation's samples and the held-out real images
+    differ in size: pixel features would not line up, and Inception/CLIP/DINOv2 (which resize every
+    image) would compare them without a word."""
+    if samples.ndim != 4 or not (Path(heldout_dir) / "metadata.jsonl").is_file():
+        return  # points, or a run whose held-out images are gone (their features are cached)
+    first = load_images(heldout_dir, read_metadata(heldout_dir)[:1])
+    if first.ndim != 4 or samples.shape[-2:] == first.shape[-2:]:
+        return
+    (h, w), (rh, rw) = samples.shape[-2:], first.shape[-2:]
+    raise MetricInputError(f"{samples_dir}: the samples are {h}x{w} pixels but the held-out real images "
+                           f"({heldout_dir}) are {rh}x{rw}; metrics compare images of one size (data.resolution)")
+
+
 def evaluate_generation(cfg, folders: GenerationFolders, records: Sequence[dict], names, device="cpu",
                         classifier=None, sample_features: dict[str, Tensor] | None = None,
                         spaces: FeatureSpaces | None = None) -> dict:
@@ -251,6 +265,7 @@ def evaluate_generation(cfg, folders: GenerationFolders, records: Sequence[dict]
         return {}
     ref = folders.reference
     samples = load_images(folders.samples, records)
+    _check_same_size(samples, folders.samples, ref.heldout)
     classifier_dir = Path(ref.reference) / CLASSIFIER
     if classifier is None and cfg.metrics.features == "classifier" and classifier_dir.exists():
         from .classifier import load_classifier

@@ -30,6 +30,14 @@ def _check_features(features: Tensor, name: str = "features") -> Tensor:
     return features.detach().to(device="cpu", dtype=torch.float64)
 
 
+def check_same_dims(a: Tensor, b: Tensor, what: str) -> None:
+    """A ValueError naming both shapes where two (N, D) feature sets differ in D (features of images
+    of two sizes, or of two spaces), instead of a broadcast error or a silently wrong number."""
+    if a.ndim == 2 and b.ndim == 2 and a.shape[1] != b.shape[1]:
+        raise ValueError(f"{what} needs features of one dimension, got {tuple(a.shape)} and {tuple(b.shape)} "
+                         "(images of two sizes, or features of two spaces)")
+
+
 def gaussian_stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of a feature set.
 
@@ -120,10 +128,11 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
         a: (N, D) features, N >= 2.
         b: (M, D) features, M >= 2.
     """
-    mu_a, sigma_a = gaussian_stats(a)
-    mu_b, sigma_b = gaussian_stats(b)
+    check_same_dims(a, b, "a Fréchet distance")
     if min(a.shape[0], b.shape[0]) >= a.shape[1]:
-        return frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b)
-    diff = mu_a - mu_b
-    trace = np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * trace_sqrt_product_from_features(a, b)
-    return float(diff @ diff + trace)
+        return frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
+    # fewer images than dims: Tr S is the sum of the per-dim variances, no D x D covariance needed
+    x, y = _check_features(a, "a"), _check_features(b, "b")
+    diff = (x.mean(dim=0) - y.mean(dim=0)).numpy()
+    variances = float(x.var(dim=0).sum() + y.var(dim=0).sum())
+    return float(diff @ diff + variances - 2.0 * trace_sqrt_product_from_features(x, y))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .frechet import check_same_dims
 from .neighbors import knn_distances
 
 DEFAULT_K = 5
@@ -49,6 +50,7 @@ def prdc(real: Tensor, fake: Tensor, k: int = DEFAULT_K, chunk_size: int = 2048)
     for name, x in (("real", real), ("fake", fake)):
         if x.ndim != 2 or x.shape[0] < k + 1:
             raise ValueError(f"prdc with k={k} needs (N, D) {name} features with N >= {k + 1}, got {tuple(x.shape)}")
+    check_same_dims(real, fake, "precision/recall/density/coverage")
     real_radii = knn_distances(real, real, k=k, chunk_size=chunk_size, exclude_self=True)[:, -1]
     fake_radii = knn_distances(fake, fake, k=k, chunk_size=chunk_size, exclude_self=True)[:, -1]
     # fakes against real balls: precision and density in one pass

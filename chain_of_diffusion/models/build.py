@@ -23,10 +23,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from chain_of_diffusion.batching import TEXT_ROWS, VAE_ROWS, fixed_batches
 from chain_of_diffusion.config import VECTOR_ARCHS, ModelConfig
 from chain_of_diffusion.errors import ModelLoadError
+from chain_of_diffusion.models.layouts import LATENT_ARCHS, UNET_LAYOUTS, VAE_BLOCKS, vae_scale_of
 from chain_of_diffusion.models.vector import VectorDenoiser
 
 MAX_TOKENS = 77  # CLIP's context length, as Stable Diffusion uses it
-
 
 
 @dataclass
@@ -36,6 +36,9 @@ class T2IModel:
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler
     vae: Optional[AutoencoderKL] = None
+    # pixels per side of the images it renders (the chain sets data.resolution); None: what the
+    # UNet was built for (its config's sample_size, times the VAE scale)
+    resolution: Optional[int] = None
 
     def to(self, device: torch.device | str) -> T2IModel:
         """Move every network to ``device``; returns the model."""
@@ -57,67 +60,13 @@ class T2IModel:
         """The shape of one example in the space the UNet denoises: (C, H, W) of pixels or latents, (d,) of points."""
         if isinstance(self.unet, VectorDenoiser):
             return self.unet.sample_shape
-        size = self.unet.config.sample_size
+        size = self.unet.config.sample_size if self.resolution is None else self.resolution // self.vae_scale
         return (self.latent_channels, size, size)
 
     @property
     def vae_scale(self) -> int:
         """Pixels per latent pixel along one side (1 in pixel space)."""
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-# Layouts. tiny: fast enough to train from scratch on 2 CPU cores (cross-attention only at the
-# lowest resolution, where it is cheap); small: the same shape wider, for 32-64 px; sd15: the
-# Stable Diffusion 1.5 UNet/VAE/CLIP-L layout with random weights, for throughput work;
-# tiny_sd: Stable Diffusion's shape (latent UNet, 8x VAE, CLIP text tower) at toy width, the
-# stand-in for a pretrained pipeline in tests and CPU benchmarks; rf_cifar: the CIFAR-10 UNet of Liu et
-# al.'s rectified flow (128 channels, multipliers 1,2,2,2, 2 residual blocks, attention at 16x16 for
-# 32 px) in diffusers' blocks, for the from-scratch experiments at their scale (on GPUs).
-LATENT_ARCHS = ("sd15", "tiny_sd")
-_UNET_LAYOUTS = {
-    "tiny": dict(
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ),
-    "tiny_sd": dict(
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ),
-    "small": dict(
-        block_out_channels=(64, 128, 128),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    ),
-    "rf_cifar": dict(
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        attention_head_dim=64,
-        norm_num_groups=32,
-    ),
-    "sd15": dict(
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ),
-}
+        return vae_scale_of(None if self.vae is None else self.vae.config)
 
 
 @lru_cache(maxsize=1)
@@ -170,7 +119,7 @@ def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed
         in_channels=4 if latent else 3,
         out_channels=4 if latent else 3,
         cross_attention_dim=cross_attention_dim,
-        **_UNET_LAYOUTS[cfg.arch],
+        **UNET_LAYOUTS[cfg.arch],
     )
 
 
@@ -186,7 +135,7 @@ def build_model(cfg: ModelConfig, resolution: int, seed: int, dim: Optional[int]
         sd15 = cfg.arch == "sd15"
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS, up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
             block_out_channels=(128, 256, 512, 512) if sd15 else (8, 16, 16, 16),
             layers_per_block=2 if sd15 else 1, norm_num_groups=32 if sd15 else 8, sample_size=resolution,
         )

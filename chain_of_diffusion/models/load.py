@@ -12,6 +12,7 @@ import torch
 
 from chain_of_diffusion.config import ChainConfig, vector_dim
 from chain_of_diffusion.models.build import T2IModel, build_unet, load_model, set_attention
+from chain_of_diffusion.models.layouts import check_resolution, unet_multiple_of
 from chain_of_diffusion.models.lora import add_lora, attach_saved_lora, load_lora_into
 from chain_of_diffusion.models.pretrained import load_pretrained, objective_of
 from chain_of_diffusion.processes import Process, make_process
@@ -29,11 +30,24 @@ def on_device(model: T2IModel, cfg: ChainConfig, device) -> T2IModel:
     return model.to(device)
 
 
+def at_resolution(model: T2IModel, cfg: ChainConfig) -> T2IModel:
+    """``model`` rendering images of ``data.resolution`` pixels a side (latents of that over the VAE
+    scale), whatever size its UNet config was saved with (a pretrained pipeline's own, e.g. 512 for
+    SD 1.5); a one-line ConfigError where the model cannot take that size. Point models as they are."""
+    if vector_dim(cfg.data) is not None:
+        return model
+    model.resolution = cfg.data.resolution
+    what = f"model.pretrained={cfg.model.pretrained}" if cfg.model.pretrained else f"model.arch={cfg.model.arch}"
+    check_resolution(cfg.data.resolution, model.vae_scale, unet_multiple_of(model.unet.config), what)
+    return model
+
+
 def load_base(cfg: ChainConfig, built_base: Path) -> T2IModel:
-    """The model every generation starts from: the pretrained pipeline, or the run's built base."""
+    """The model every generation starts from: the pretrained pipeline, or the run's built base,
+    at ``data.resolution``."""
     if cfg.model.pretrained:
-        return load_pretrained(cfg.model.pretrained)
-    return load_model(built_base)
+        return at_resolution(load_pretrained(cfg.model.pretrained), cfg)
+    return at_resolution(load_model(built_base), cfg)
 
 
 def load_trained(cfg: ChainConfig, built_base: Path, folder: Path) -> T2IModel:
@@ -42,7 +56,7 @@ def load_trained(cfg: ChainConfig, built_base: Path, folder: Path) -> T2IModel:
         model = load_base(cfg, built_base)
         attach_saved_lora(model.unet, folder, model.text_encoder if cfg.train.lora_text_encoder else None)
         return model
-    return load_model(folder)
+    return at_resolution(load_model(folder), cfg)
 
 
 def training_model(cfg: ChainConfig, built_base: Path, generation: int, previous: Optional[Path], device) -> T2IModel:

@@ -10,9 +10,14 @@ downloaded. Where the weights are missing the error says what to download and wh
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
-from chain_of_diffusion.models.build import ModelLoadError, T2IModel, load_model
+from chain_of_diffusion.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from chain_of_diffusion.models.build import T2IModel
 
 # What a chain needs of a pipeline repository; the safety checker and fp16/ckpt duplicates are
 # left out, which for SD 1.5 is 4 GB instead of 40.
@@ -42,30 +47,68 @@ def _download_hint(repo_id: str) -> str:
     )
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hub id (namespace/name), not of a path."""
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1
+
+
+def find_pretrained(name: str, tried: Sequence[Path] = ()) -> Optional[Path]:
+    """The local folder of pipeline ``name`` without downloading anything: the first folder of
+    ``tried`` that exists (default: ``name`` itself, from the working directory), else, for a name
+    of the Hub-id form, its snapshot in the Hugging Face cache. None for a Hub id that is not cached
+    while the Hub may be reachable (the loader downloads it); a one-line ModelLoadError naming the
+    folders tried where it cannot be found."""
+    tried = [Path(p) for p in tried] or [Path(name).expanduser().absolute()]
+    for folder in tried:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ModelLoadError(f"model.pretrained: {folder} is a file, not a diffusers pipeline folder")
+            return folder
+    where = f"no folder {' or '.join(str(p) for p in tried)}"
+    if not looks_like_hub_id(name):
+        raise ModelLoadError(
+            f"model.pretrained: {name!r} is neither an existing folder nor a Hub id of the form owner/name ({where})"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=PIPELINE_FILES, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if not _hub_offline():
+            return None
+    raise ModelLoadError(
+        f"model.pretrained: {name!r} is not a local folder ({where}) and, as a Hub id, not in the Hugging Face "
+        f"cache, and this machine is offline (HF_HUB_OFFLINE=1); {_download_hint(name)}"
+    )
+
+
 def resolve_pretrained(name: str) -> Path:
     """The local folder of pipeline ``name`` (a folder path or a Hub id), downloading only if online."""
-    folder = Path(name).expanduser()
-    if folder.exists():
-        if not folder.is_dir():
-            raise ModelLoadError(f"model.pretrained: {folder} is a file, not a diffusers pipeline folder")
+    folder = find_pretrained(name)
+    if folder is not None:
         return folder
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelLoadError(
-            f"model.pretrained: {name!r} is neither an existing folder nor a Hub id of the form owner/name"
-        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = snapshot_download(name, allow_patterns=PIPELINE_FILES, local_files_only=_hub_offline())
+        path = snapshot_download(name, allow_patterns=PIPELINE_FILES)
     except LocalEntryNotFoundError:
-        where = "this machine is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else "the Hub cannot be reached"
         raise ModelLoadError(
-            f"model.pretrained: {name!r} is not in the Hugging Face cache and {where}; {_download_hint(name)}"
+            f"model.pretrained: {name!r} is not in the Hugging Face cache and the Hub cannot be reached; "
+            f"{_download_hint(name)}"
         ) from None
     except HfHubHTTPError as err:
         raise ModelLoadError(f"model.pretrained: {name!r}: {str(err).splitlines()[0]}") from None
     return Path(path)
+
+
+def check_complete(folder: Path, name: str) -> None:
+    """A one-line ModelLoadError naming the sub-folders a pipeline folder lacks."""
+    missing = [part for part in _PARTS if not (folder / part).is_dir()]
+    if missing:
+        hint = _download_hint(name) if not Path(name).expanduser().exists() else "it is not a complete pipeline"
+        raise ModelLoadError(f"model.pretrained: {folder} has no {', '.join(p + '/' for p in missing)}; {hint}")
 
 
 def load_pretrained(name: str) -> T2IModel:
@@ -74,11 +117,10 @@ def load_pretrained(name: str) -> T2IModel:
     The noise schedule and ``prediction_type`` (epsilon or v_prediction, SD 1.x vs 2.x) come from
     the pipeline's scheduler config, so training matches how the model was pretrained.
     """
+    from chain_of_diffusion.models.build import load_model
+
     folder = resolve_pretrained(name)
-    missing = [part for part in _PARTS if not (folder / part).is_dir()]
-    if missing:
-        hint = _download_hint(name) if not Path(name).expanduser().exists() else "it is not a complete pipeline"
-        raise ModelLoadError(f"model.pretrained: {folder} has no {', '.join(p + '/' for p in missing)}; {hint}")
+    check_complete(folder, name)
     model = load_model(folder)
     prediction = model.noise_scheduler.config.prediction_type
     if prediction not in ("epsilon", "v_prediction"):

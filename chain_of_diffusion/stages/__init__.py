@@ -14,6 +14,7 @@ from chain_of_diffusion.stages.evaluate import EvaluateStage
 from chain_of_diffusion.stages.few_steps import FewStepsStage
 from chain_of_diffusion.stages.generate import GenerateStage
 from chain_of_diffusion.stages.mix import MixStage
+from chain_of_diffusion.stages.push import PushStage
 from chain_of_diffusion.stages.real import RealStage
 from chain_of_diffusion.stages.reference import ReferenceStage
 from chain_of_diffusion.stages.select import SelectStage
@@ -28,6 +29,7 @@ REGISTRY: tuple[Stage, ...] = (
     SelectStage(),
     FewStepsStage(),
     EvaluateStage(),
+    PushStage(),  # hub.repo_id only: the generation on the Hub (main process; never stops the chain)
 )
 
 

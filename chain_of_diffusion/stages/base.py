@@ -60,6 +60,33 @@ class Stage(Protocol):
         ...
 
 
+class StagePending(Exception):
+    """Raised (main process, by a stage that runs there only) when a side stage's work cannot be done now
+    and must not stop the chain: a push to an unreachable Hub. Its folder is not made, so it is not done;
+    ``state.json`` lists it under ``"pending"`` with this one-line reason; the chain goes on. The engine
+    tries it again before the same stage runs for a later generation, and at the next start."""
+
+
+def mark_pending(state: dict, generation: int, name: str, reason: str) -> None:
+    state.setdefault("pending", {}).setdefault(str(generation), {})[name] = reason
+
+
+def clear_pending(state: dict, generation: int, name: str) -> None:
+    pending = state.get("pending", {})
+    pending.get(str(generation), {}).pop(name, None)
+    for key in [k for k, v in pending.items() if not v]:
+        del pending[key]
+    if "pending" in state and not pending:
+        del state["pending"]
+
+
+def on_start(stage: Stage, ctx: StageContext) -> Optional[str]:
+    """The stage's look at a (re)starting chain (main process, before any stage), where it has one: it may
+    refuse the run with a one-line input error, or return one line to show."""
+    hook = getattr(stage, "on_start", None)
+    return hook(ctx) if hook is not None else None
+
+
 def after_commit(stage: Stage, ctx: StageContext, generation: Optional[int]) -> None:
     """The stage's clean-up once its folder is in place (main process), where it has one."""
     hook = getattr(stage, "after_commit", None)

@@ -28,6 +28,7 @@ from chain_of_diffusion.metrics.evaluation import CLASSIFIER, HELDOUT_FEATURES, 
 from chain_of_diffusion.metrics.report import make_grid_image
 from chain_of_diffusion.metrics.suite import FeatureSpaces
 from chain_of_diffusion.models.build import build_model, save_model
+from chain_of_diffusion.models.load import at_resolution
 from chain_of_diffusion.models.pretrained import load_pretrained, resolve_pretrained
 from chain_of_diffusion.requests import GRID_ROWS, grid_requests, grid_scale
 from chain_of_diffusion.runs import atomic_write_json
@@ -47,7 +48,8 @@ class ReferenceStage:
             if cfg.model.pretrained:
                 # a pretrained pipeline is not copied (gigabytes); the run records where it was found
                 folder = resolve_pretrained(cfg.model.pretrained)
-                load_pretrained(cfg.model.pretrained)  # fail here, before any other work, if it cannot load
+                # fail here, before any other work, if it cannot load or cannot take data.resolution
+                at_resolution(load_pretrained(cfg.model.pretrained), cfg)
                 atomic_write_json(out / "base.json", {"pretrained": cfg.model.pretrained, "folder": str(folder)},
                                   indent=1, sort_keys=False)
             else:

@@ -128,6 +128,7 @@ def test_two_processes_give_the_same_inception_features_and_metrics(inception_ru
     assert (out / "metrics.jsonl").read_text().splitlines()[0] == first
 
 
+@pytest.mark.slow  # tests/metrics/test_tracking.py checks the TensorBoard log of a chain in the default tier
 def test_tensorboard_gets_each_generation_once_even_when_evaluate_reruns(inception_run, tmp_path,
                                                                          inception_weights):  # noqa: F811
     pytest.importorskip("tensorboard", reason="tensorboard is not installed")
@@ -154,3 +155,26 @@ def test_tensorboard_gets_each_generation_once_even_when_evaluate_reruns(incepti
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[gen 1/1] evaluate" in proc.stdout
     assert steps(run) == {tag: [0, 1] for tag in ("fid_inception", "kid_inception", "fd_classifier")}
+
+
+def test_samples_of_another_size_than_the_heldout_images_are_an_error_naming_both(tmp_path):
+    """Inception, CLIP and DINOv2 resize every image, so without this check a generation rendered at
+    another size than the real data would be compared without a word."""
+    from PIL import Image
+
+    from chain_of_diffusion.config import load_config
+    from chain_of_diffusion.data.imageset import save_png, write_metadata
+    from chain_of_diffusion.metrics.evaluation import GenerationFolders, ReferenceFolders, evaluate_generation
+    from chain_of_diffusion.metrics.suite import MetricInputError
+
+    records = [{"file_name": f"{i}.png", "text": "a square"} for i in range(3)]
+    for name, size in (("heldout", 16), ("samples", 20)):
+        (tmp_path / name).mkdir()
+        for r in records:
+            save_png(Image.new("RGB", (size, size), (90, 20, 200)), tmp_path / name / r["file_name"])
+        write_metadata(tmp_path / name, records)
+    folders = GenerationFolders(tmp_path / "samples", tmp_path / "heldout", tmp_path / "eval",
+                                ReferenceFolders(tmp_path / "reference", tmp_path / "heldout"))
+    cfg = load_config([], ["metrics.features=pixels"])
+    with pytest.raises(MetricInputError, match="samples are 20x20 pixels but the held-out real images .* are 16x16"):
+        evaluate_generation(cfg, folders, records, ["fd_classifier"])

@@ -71,3 +71,18 @@ def test_gaussian_stats_shapes_and_dtype():
 def test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2 images, got 1"):
         frechet_distance(torch.randn(1, 4), torch.randn(5, 4))
+
+
+@pytest.mark.parametrize("n", [4, 40])  # fewer images than dims (exact trace) and more (sqrtm)
+def test_two_feature_dimensions_are_an_error_naming_both_shapes(n):
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=rf"\({n}, 12\) and \({n}, 20\)"):
+        frechet_distance(torch.randn(n, 12, generator=g), torch.randn(n, 20, generator=g))
+
+
+def test_exact_trace_path_equals_the_covariance_formula():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 30, generator=g, dtype=torch.float64), torch.randn(9, 30, generator=g, dtype=torch.float64) + 0.5
+    (mu_a, s_a), (mu_b, s_b) = gaussian_stats(a), gaussian_stats(b)
+    expected = (mu_a - mu_b) @ (mu_a - mu_b) + np.trace(s_a) + np.trace(s_b) - 2 * trace_sqrt_product_from_features(a, b)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)

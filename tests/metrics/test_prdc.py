@@ -39,3 +39,11 @@ def test_chunked_matches_brute_force_on_overlapping_sets():
     for key, value in expected.items():
         assert abs(got[key] - value) < 1e-6, key
     assert 0 < got["precision"] < 1 and 0 < got["recall"] < 1  # a case where both could be wrong
+
+
+def test_two_feature_dimensions_are_an_error_naming_both_shapes():
+    import pytest
+
+    g = torch.Generator().manual_seed(4)
+    with pytest.raises(ValueError, match=r"\(20, 3072\) and \(20, 4800\)"):
+        prdc(torch.randn(20, 3072, generator=g), torch.randn(20, 4800, generator=g), k=5)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chain_of_diffusion.data.sources.common import RealExample, SourceData
+from chain_of_diffusion.data.split import points_to_draw
 
 if TYPE_CHECKING:
     from chain_of_diffusion.config import DataConfig
@@ -18,7 +19,7 @@ DATA_SEED = 0  # the points are the data set, the same for every chain seed (whi
 
 def num_points(cfg: DataConfig) -> int:
     """How many points a vector source draws: data.max_images, else held-out + training."""
-    return cfg.max_images or cfg.num_heldout + cfg.num_train
+    return points_to_draw(cfg)
 
 
 def covariance_matrix(cfg: DataConfig) -> np.ndarray:
