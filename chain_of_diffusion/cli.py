@@ -37,6 +37,9 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+    # the Hub client's HTTP package logs every request at INFO: a line per file of every push in log.txt
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _log_to(path: Path) -> logging.Handler:
