@@ -151,17 +151,16 @@ def _generations_text(gens: list[int]) -> str:
 
 def trained_on(run: RunDir, generation: int, real_share: Optional[float]) -> str:
     """real / synthetic from generation g-1 / a mix, from the provenance of the generation's training set."""
-    path = run.stage_path(generation, "train_set") / "metadata.jsonl"
+    from chain_of_diffusion.data.imageset import METADATA, read_metadata
+
+    folder = run.stage_path(generation, "train_set")
     synthetic: set[int] = set()
     real = 0
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record.get("source") == "synthetic" and isinstance(record.get("generation"), int):
-                    synthetic.add(record["generation"])
-                else:
-                    real += 1
+    for record in read_metadata(folder) if (folder / METADATA).is_file() else []:
+        if record.get("source") == "synthetic" and isinstance(record.get("generation"), int):
+            synthetic.add(record["generation"])
+        else:
+            real += 1
     if not synthetic:
         return "real"
     text = f"synthetic from {_generations_text(sorted(synthetic))}"
@@ -247,12 +246,9 @@ def curve_images(run: RunDir, cfg: ChainConfig, upto: int) -> dict[str, bytes]:
     a generation pushed again later carries the same pictures as its first push."""
     import tempfile
 
-    from chain_of_diffusion.metrics.report import plot_metric_curves
+    from chain_of_diffusion.metrics.report import plot_metric_curves, read_metrics
 
-    rows = []
-    if run.metrics_path.is_file():
-        rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if isinstance(r.get("generation"), int) and r["generation"] <= upto]
+    rows = [r for r in read_metrics(run.metrics_path) if isinstance(r.get("generation"), int) and r["generation"] <= upto]
     keys = headline_keys(cfg, rows)
     if not keys:
         return {}
