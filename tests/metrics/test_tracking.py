@@ -60,8 +60,9 @@ def test_wandb_offline_gets_metrics_per_generation_and_the_grid(tmp_path, monkey
     log_generation("wandb", tmp_path, {"generation": 1, "fid_inception": 20.0, "flag": True})
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     run_id = tracking.wandb_run_id(tmp_path, "chain")
-    # one directory per open, all of one resumed run (one id), so the generations make one curve
-    assert len(runs) == 2 and all(path.name.endswith(run_id) for path in runs)
+    # one directory per open, all of one resumed run (one id), so the generations make one curve; wandb
+    # appends "-1" to the second directory's name when both opens fall in the same second
+    assert len(runs) == 2 and all(f"-{run_id}" in path.name for path in runs)
     records = b"".join(next(path.glob("run-*.wandb")).read_bytes() for path in runs)
     assert b"fid_inception" in records and b"samples" in records and b"flag" not in records
     assert len(list(runs[0].glob("files/media/images/samples_0_*.png"))) == 1
