@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+# the quickstart: what `scripts/chain.py` runs when no --config is given (configs/ beside scripts/)
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,13 +25,13 @@ def _parser() -> argparse.ArgumentParser:
         "mix.real_fraction=0.5",
     )
     p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="YAML config; repeat to merge several, left to right")
+                   help="YAML config; repeat to merge several, left to right (none: configs/quickstart.yaml)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned stages")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied after the files")
     return p
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import diffusers
     import transformers
 
@@ -55,6 +57,7 @@ def _log_to(path: Path) -> logging.Handler:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
+    from chain_of_diffusion.bases import ensure_base, is_base_name, spec_of
     from chain_of_diffusion.chain import planned_stages, run_chain
     from chain_of_diffusion.config import load_config, to_yaml
     from chain_of_diffusion.errors import BAD_INPUT as bad_input
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from chain_of_diffusion.runs import RunDir, check_output_dir
     try:
         origins: dict[str, str] = {}
-        cfg = load_config(args.config, args.overrides, origins=origins)
+        files = args.config or ([str(QUICKSTART)] if QUICKSTART.is_file() else [])
+        cfg = load_config(files, args.overrides, origins=origins)
         # files and weights (the pretrained pipeline, Inception, CLIP, DINOv2) and the sizes the model
         # can take, before any work and before a dry run says "to run" about a chain that could not:
         # nothing is written yet
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, done in planned_stages(cfg, run if run.root.exists() else None):
             print(f"#   {name:24s} {'done' if done else 'to run'}")
         return 0
-    _quiet_libraries()
+    quiet_libraries()
     rank = int(os.environ.get("RANK", "0"))
     log_path = Path(cfg.output_dir) / "log.txt"
     handler = None
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             handler = _log_to(log_path)
         else:  # without a handler, logging's last resort would print tracebacks on the terminal
             logging.getLogger().addHandler(logging.NullHandler())
+        if is_base_name(cfg.model.pretrained):  # every process: one builds, the others wait for it
+            ensure_base(spec_of(cfg.model.pretrained), say=print if rank == 0 else lambda _: None)
         run_chain(cfg)
         return 0
     except bad_input as err:

@@ -24,6 +24,7 @@ from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package
     FLOW_SAMPLERS,
     GUIDANCE_SCHEDULES,
     HUB_PUSH_SAMPLES,
+    LABELLED_SOURCES,
     METRIC_NAMES,
     MIX_POLICIES,
     MIXED_PRECISION,
@@ -267,6 +268,11 @@ def _validate_metrics(cfg: ChainConfig) -> None:
             raise ConfigError(
                 f"config key 'metrics.names': unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}"
             )
+    if "caption_accuracy" in cfg.metrics.names and not has_labels(cfg.data):
+        raise ConfigError(
+            f"config key 'metrics.names': 'caption_accuracy' needs class labels and data.source={cfg.data.source} "
+            "has none; set data.label_column (imagefolder, csv, hf) or drop caption_accuracy"
+        )
     _at_least("metrics.classifier_steps", cfg.metrics.classifier_steps, 1)
     _at_least("metrics.entropy_k", cfg.metrics.entropy_k, 1)
     _choice("metrics.features", cfg.metrics.features, ("classifier", "pixels"))
@@ -310,6 +316,11 @@ def _validate_hub(cfg: ChainConfig) -> None:
 # metrics that look at pictures (pretrained image networks, colour and frequency statistics)
 IMAGE_ONLY_METRICS = ("fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
                       "saturation", "hf_energy", "sharpness")
+
+
+def has_labels(data: DataConfig) -> bool:
+    """Whether every example of the source has a class label (the classifier, caption_accuracy)."""
+    return data.source in LABELLED_SOURCES or (data.source in ("imagefolder", "csv", "hf") and bool(data.label_column))
 
 
 def vector_dim(data: DataConfig) -> Optional[int]:

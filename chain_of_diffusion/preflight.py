@@ -113,13 +113,19 @@ def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None
         return
     from chain_of_diffusion.models.pretrained import check_complete, find_pretrained
 
+    from chain_of_diffusion.bases import is_base_name, spec_of
+
     folder = find_pretrained(name, pretrained_candidates(name, config_file))
+    if folder is None and is_base_name(name):  # built before the first stage: its layout decides
+        vae_scale, unet_multiple = layout_scales(spec_of(name).arch)
+        check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.pretrained={name}")
+        return
     if folder is None:
         return
     check_complete(folder, name)
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text()) if (folder / "vae").is_dir() else None
         vae_scale, unet_multiple = vae_scale_of(vae), unet_multiple_of(unet)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"model.pretrained: {folder}: cannot read unet/ or vae/ config.json ({err})") from None

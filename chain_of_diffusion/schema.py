@@ -40,8 +40,10 @@ METRIC_NAMES = (
     "fd_classifier", "memorization", "generalization", "entropy",
     "fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
     "precision", "recall", "density", "coverage",
-    "saturation", "hf_energy", "sharpness",
+    "saturation", "hf_energy", "sharpness", "caption_accuracy",
 )
+# sources whose every example has a class label (others: where data.label_column names one)
+LABELLED_SOURCES = ("digits", "digits_bold", "fashion_mnist", "gmm")
 
 
 @dataclass(frozen=True)

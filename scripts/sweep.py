@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "mitigations"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 LOG_NAME = "sweep.log"
 TAIL_LINES = 20
 
@@ -29,7 +30,8 @@ def known_variants() -> list[str]:
 def commands(args) -> list[tuple[str, Path, list[str]]]:
     out = []
     for variant in args.variants.split(","):
-        configs = [c for base in args.config for c in ("--config", base)]
+        # the chain's own default (the quickstart) must stay the base when a preset is added to it
+        configs = [c for base in args.config or [str(QUICKSTART)] for c in ("--config", base)]
         if variant != "baseline":
             configs += ["--config", str(PRESETS / f"{variant}.yaml")]
         for seed in range(args.seeds):
@@ -52,7 +54,8 @@ def _tail(path: Path, n: int) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", action="append", default=[], help="base config(s), merged left to right")
+    p.add_argument("--config", action="append", default=[],
+                   help="base config(s), merged left to right (default: configs/quickstart.yaml)")
     p.add_argument("--variants", default="baseline", help=f"comma-separated, from: {', '.join(known_variants())}")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--out", default="runs/sweep")

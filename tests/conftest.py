@@ -1,6 +1,9 @@
+import atexit
 import contextlib
 import io
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +12,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pretrained bases (base:digits) are built into a cache of the test session, never the user's ~/.cache
+os.environ["CHAIN_OF_DIFFUSION_CACHE"] = tempfile.mkdtemp(prefix="cod-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CHAIN_OF_DIFFUSION_CACHE"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -27,6 +33,8 @@ SHARED_METRICS = ["metrics.names=[fd_classifier,memorization,entropy,precision,r
 # accelerate launch gives each worker 1 thread)
 SHARED_ARGS = ["--config", str(SMOKE), *TINY_OVERRIDES, *SHARED_METRICS]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# the schema's defaults through the entry point (which, with no --config, runs configs/quickstart.yaml)
+SCHEMA_DEFAULTS = ["--config", str(ROOT / "configs" / "scratch" / "digits.yaml"), "train.condition_drop=0.0"]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -93,6 +101,18 @@ def make_tiny_sd_pipeline(folder: Path, resolution: int = 32) -> Path:
     from chain_of_diffusion.models.pretrained import save_pipeline
 
     return save_pipeline(build_model(ModelConfig(arch="tiny_sd"), resolution, seed=0), folder)
+
+
+# the quickstart's base:digits at a toy size: seconds, not minutes (its samples are not digits yet)
+TINY_BASE = ["steps=40", "batch_size=16", "lr_warmup_steps=5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Path:
+    """A pretrained base folder made by scripts/pretrain_base.py's code path, in the session's cache."""
+    from chain_of_diffusion.bases import BASES, ensure_base, spec_with
+
+    return ensure_base(spec_with(BASES["digits"], TINY_BASE), say=lambda _: None)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ def write(tmp_path, name, text):
     return path
 
 
-def test_defaults_are_the_quickstart():
+def test_defaults_are_the_from_scratch_digits_chain():
     cfg = load_config()
     assert isinstance(cfg, ChainConfig)
     assert (cfg.generations, cfg.data.source, cfg.data.resolution, cfg.mix.policy) == (4, "digits", 16, "replace")

@@ -8,7 +8,9 @@ import pytest
 from conftest import ONE_THREAD, ROOT, SHARED_METRICS, SMOKE, TINY_OVERRIDES, call_main, load_script
 
 from chain_of_diffusion.metrics.compare import (
+    change_table,
     curves,
+    image_rows,
     last_generation_table,
     load_runs,
     per_generation_table,
@@ -39,6 +41,22 @@ def test_compare_groups_seeds_and_averages(tmp_path):
     assert (tmp_path / "cmp" / "fd_classifier.png").is_file()
     assert "fd_classifier.png" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert "Every generation" not in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_change_is_taken_within_each_seed_and_image_rows_stack_real_then_generations(tmp_path):
+    from PIL import Image
+
+    runs = [_fake_run(tmp_path / "baseline" / "seed0", [1.0, 3.0]),
+            _fake_run(tmp_path / "baseline" / "seed1", [2.0, 6.0])]
+    # within a seed: +2 and +4, not the difference of the means over seeds alone
+    assert "| baseline | 2 | +3 ± 1.4 |" in change_table(load_runs(runs), ["fd_classifier"])
+    for part, shade in (("reference", 0), ("gen_00", 100), ("gen_01", 200)):
+        (runs[0] / part).mkdir()
+        Image.new("RGB", (20, 10), (shade,) * 3).save(runs[0] / part / "grid.png")
+    [path] = image_rows(runs, tmp_path)
+    sheet = Image.open(path)
+    assert path.name == "grids_baseline.png" and sheet.size == (20, 3 * 10 + 2 * 6)
+    assert [sheet.getpixel((5, y))[0] for y in (5, 21, 37)] == [0, 100, 200]
 
 
 def test_compare_tables_every_generation_of_the_chosen_metrics(tmp_path):
@@ -163,3 +181,15 @@ def test_sweep_prints_the_last_lines_of_a_failed_chain(tmp_path):
 def test_sweep_rejects_unknown_variant():
     proc = call_main(load_script("sweep").main, "--variants", "magic")
     assert proc.returncode == 2 and "magic" in proc.stderr and "greedy_entropy" in proc.stderr
+
+
+def test_sweep_without_config_adds_presets_to_the_quickstart():
+    # scripts/chain.py runs the quickstart only when given no --config: a preset alone would
+    # silently run the preset over the schema's defaults, another chain than the baseline's
+    import argparse
+
+    sweep = load_script("sweep")
+    args = argparse.Namespace(config=[], variants="baseline,rediFine", seeds=1, out="o", overrides=[])
+    for _, _, cmd in sweep.commands(args):
+        assert cmd[2:4] == ["--config", str(ROOT / "configs" / "quickstart.yaml")]
+    assert sweep.commands(args)[1][2][4:6] == ["--config", str(ROOT / "configs" / "mitigations" / "rediFine.yaml")]

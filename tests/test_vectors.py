@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import SCHEMA_DEFAULTS, cli
 
 from chain_of_diffusion.config import load_config
 from chain_of_diffusion.data.imageset import (
@@ -74,7 +74,7 @@ def test_a_flow_chain_on_the_mixture_writes_vector_sets_scatter_plots_and_mode_c
     from PIL import Image
 
     out = tmp_path / "run"
-    proc = cli(f"output_dir={out}", *GMM, *FLOW, "generations=2", "mix.policy=ra_reflow", "mix.real_fraction=0.5",
+    proc = cli(*SCHEMA_DEFAULTS, f"output_dir={out}", *GMM, *FLOW, "generations=2", "mix.policy=ra_reflow", "mix.real_fraction=0.5",
                "train.init=previous", "metrics.few_steps=[1]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = out / "gen_01" / "samples"
@@ -105,7 +105,7 @@ def test_the_linear_dae_chain_follows_the_eigenvalue_recursion(tmp_path, real_sh
     eigenvalues lambda^2 / (lambda + sigma^2); with a real share beta each generation's training set has
     beta lambda_0 + (1 - beta) lambda^2 / (lambda + sigma^2). Through the chain, trained, not closed form."""
     out = tmp_path / "run"
-    proc = cli(f"output_dir={out}", *DAE, f"mix.real_fraction={real_share}")
+    proc = cli(*SCHEMA_DEFAULTS, f"output_dir={out}", *DAE, f"mix.real_fraction={real_share}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sigma2 = 0.25
     measured = [_train_set_eigenvalues(out, g) for g in range(4)]

@@ -62,6 +62,17 @@ def read_metadata(folder: str | Path) -> list[dict]:
     return records
 
 
+def caption_labels(records: Iterable[dict]) -> dict[str, int]:
+    """caption -> class label, from records with a ``label`` (the most common one where a caption has several)."""
+    from collections import Counter
+
+    counts: dict[str, Counter] = {}
+    for r in records:
+        if r.get("label") is not None:
+            counts.setdefault(r["text"], Counter())[int(r["label"])] += 1
+    return {text: c.most_common(1)[0][0] for text, c in counts.items()}
+
+
 def image_path(folder: str | Path, record: dict) -> Path:
     return Path(folder) / record["file_name"]
 

@@ -1,5 +1,6 @@
 """Compare finished chains: one plot per metric with a curve per variant (mean and min-max band
-over seeds), and a markdown table of the last generation, as the mitigation papers print them.
+over seeds), a markdown table of the last generation, as the mitigation papers print them, the
+change from generation 0 within each seed, and each variant's image rows (its first run).
 
 A run's variant is the name of its folder, or of the parent folder when the run folder is named
 ``seed<N>`` (the layout ``scripts/sweep.py`` writes: ``<out>/<variant>/seed<N>/``).
@@ -83,6 +84,51 @@ def last_generation_table(runs: dict[str, list[list[dict]]], metrics: list[str])
     return "\n".join(lines) + "\n"
 
 
+def change_table(runs: dict[str, list[list[dict]]], metrics: list[str]) -> str:
+    """Markdown: one row per variant, mean ± std over seeds of (last generation - generation 0) of
+    each metric, taken within each seed, so a reference that depends on the seed cancels."""
+    header = "| variant | seeds | " + " | ".join(f"Δ {m}" for m in metrics) + " |"
+    lines = [header, "|" + "---|" * (2 + len(metrics))]
+    for variant, variant_runs in runs.items():
+        complete = [rows for rows in variant_runs if len(rows) > 1]
+        if not complete:
+            continue
+        cells = []
+        for metric in metrics:
+            deltas = [rows[-1][metric] - rows[0][metric] for rows in complete
+                      if isinstance(rows[-1].get(metric), (int, float)) and isinstance(rows[0].get(metric), (int, float))]
+            mean, std, _, _ = _stats(deltas)
+            cells.append("-" if math.isnan(mean) else f"{mean:+.3g} ± {std:.2g}")
+        lines.append(f"| {variant} | {len(complete)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def image_rows(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """``grids_<variant>.png``: the first run of each variant, its real row on top (the report's
+    ``reference/grid.png``) and below it each generation's rows (``gen_XX/grid.png``), a gap between."""
+    from PIL import Image
+
+    first: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        first.setdefault(variant_of(Path(run_dir)), Path(run_dir))
+    paths = []
+    for variant, run_dir in first.items():
+        parts = [run_dir / "reference" / "grid.png", *sorted(run_dir.glob("gen_*/grid.png"))]
+        images = [Image.open(p).convert("RGB") for p in parts if p.is_file()]
+        if len(images) < 2:
+            continue
+        gap = 6
+        sheet = Image.new("RGB", (max(im.width for im in images), sum(im.height + gap for im in images) - gap), "white")
+        y = 0
+        for im in images:
+            sheet.paste(im, (0, y))
+            y += im.height + gap
+        path = Path(out_dir) / f"grids_{variant}.png"
+        sheet.save(path)
+        paths.append(path)
+    return paths
+
+
 def per_generation_table(runs: dict[str, list[list[dict]]], metrics: list[str]) -> str:
     """Markdown: one row per (variant, generation), mean ± std over the seeds that reached it."""
     lines = ["| variant | generation | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (3 + len(metrics))]
@@ -142,11 +188,13 @@ def compare(run_dirs: list[Path], out_dir: Path, metrics: list[str] | None = Non
     unknown = [m for m in metrics or [] if m not in known]
     if unknown:
         raise ValueError(f"no run reports {', '.join(unknown)} (reported: {', '.join(known)})")
-    plots = plot_comparison(runs, out_dir)
+    plots = plot_comparison(runs, out_dir) + image_rows(run_dirs, out_dir)
     md = Path(out_dir) / "comparison.md"
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
     text = (f"# Comparison of {sum(len(r) for r in runs.values())} runs\n\nLast generation, mean ± std over seeds:\n\n"
-            f"{last_generation_table(runs, metrics or known)}\n")
+            f"{last_generation_table(runs, metrics or known)}\n"
+            f"Change from generation 0 to the last, within each seed, mean ± std over seeds:\n\n"
+            f"{change_table(runs, metrics or known)}\n")
     if metrics:
         text += f"Every generation, mean ± std over seeds:\n\n{per_generation_table(runs, metrics)}\n"
     md.write_text(text + images + "\n")

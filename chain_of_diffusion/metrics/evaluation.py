@@ -28,7 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from chain_of_diffusion.data.imageset import ImageSetError, load_images, read_metadata
+from chain_of_diffusion.data.imageset import ImageSetError, caption_labels, load_images, read_metadata
 from chain_of_diffusion.runs import atomic_replace, atomic_write_json
 
 from .drift import DRIFT_NAMES
@@ -267,7 +267,8 @@ def evaluate_generation(cfg, folders: GenerationFolders, records: Sequence[dict]
     samples = load_images(folders.samples, records)
     _check_same_size(samples, folders.samples, ref.heldout)
     classifier_dir = Path(ref.reference) / CLASSIFIER
-    if classifier is None and cfg.metrics.features == "classifier" and classifier_dir.exists():
+    wants_classifier = cfg.metrics.features == "classifier" or "caption_accuracy" in names
+    if classifier is None and wants_classifier and classifier_dir.exists():
         from .classifier import load_classifier
 
         classifier = load_classifier(classifier_dir)
@@ -288,6 +289,7 @@ def evaluate_generation(cfg, folders: GenerationFolders, records: Sequence[dict]
     out = compute_metrics(
         names, cfg.metrics, spaces, samples, reference_features(cfg, ref, spaces),
         captions=[r.get("text") for r in records], train=train, sample_features=given,
+        caption_labels=caption_labels(read_metadata(ref.heldout)) if "caption_accuracy" in names else None,
     )
     if set(DRIFT_METRICS) & set(names):
         drift_ref = reference_drift(ref)

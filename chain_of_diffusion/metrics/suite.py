@@ -156,6 +156,24 @@ class FeatureSpaces:
         raise MetricInputError(f"unknown feature space {space!r}; known: {', '.join(FEATURE_SPACES)}")
 
 
+def caption_accuracy(classifier, samples: Images, captions: Sequence[str] | None,
+                     caption_labels: dict[str, int] | None) -> float:
+    """The share of samples the real-data classifier puts in their caption's class (the class of the
+    real images with that caption); samples whose caption no real image has are left out."""
+    if classifier is None:
+        raise MetricInputError("caption_accuracy needs the run's real-data classifier (a source with class labels)")
+    items = _as_list(samples)
+    if not captions or len(captions) != len(items):
+        raise MetricInputError("caption_accuracy needs one caption per image (a 'text' column in metadata.jsonl)")
+    known = [i for i, c in enumerate(captions) if c in (caption_labels or {})]
+    if not known:
+        raise MetricInputError("caption_accuracy: no sample's caption is the caption of a labelled real image")
+    from .classifier import accuracy
+
+    labels = torch.tensor([caption_labels[captions[i]] for i in known])
+    return accuracy(classifier, torch.stack([items[i] for i in known]), labels)
+
+
 def fid_torch_fidelity(a: Tensor, b: Tensor) -> float:
     """Fréchet distance exactly as torch-fidelity computes it (Tr sqrt(S_a S_b) from eigenvalues, no
     eps ridge), so fid_inception matches ``torch_fidelity.calculate_metrics`` even with fewer images
@@ -181,6 +199,7 @@ def compute_metrics(
     captions: Sequence[str] | None = None,
     train: Images | None = None,
     sample_features: dict[str, Tensor] | None = None,
+    caption_labels: dict[str, int] | None = None,
 ) -> dict:
     """Values of ``names`` for one generated image set.
 
@@ -194,6 +213,7 @@ def compute_metrics(
         train: the images the generation trained on (memorization, generalization, entropy).
         sample_features: space -> (N, D) features of ``samples`` already extracted (sharded, or
             read from a cache); the other spaces are extracted here.
+        caption_labels: caption -> class of the real images with that caption (caption_accuracy).
 
     Returns:
         {metric key: float}; keys as documented in :mod:`chain_of_diffusion.metrics`.
@@ -235,6 +255,8 @@ def compute_metrics(
         from .clip import clip_score, clip_text_features
 
         out["clip_score"] = clip_score(features_of("clip"), clip_text_features(spaces.clip, list(captions)))
+    if "caption_accuracy" in names:
+        out["caption_accuracy"] = caption_accuracy(spaces.classifier, samples, captions, caption_labels)
     if set(PRDC_NAMES) & set(names):
         space = mcfg.prdc_features or features
         _at_least(n, mcfg.prdc_k + 1, f"precision/recall with k={mcfg.prdc_k}")

@@ -58,6 +58,11 @@ def find_pretrained(name: str, tried: Sequence[Path] = ()) -> Optional[Path]:
     of the Hub-id form, its snapshot in the Hugging Face cache. None for a Hub id that is not cached
     while the Hub may be reachable (the loader downloads it); a one-line ModelLoadError naming the
     folders tried where it cannot be found."""
+    from chain_of_diffusion.bases import base_folder, is_base_name, spec_of
+
+    if is_base_name(name):  # a base made here: its cache folder, None until it is built
+        folder = base_folder(spec_of(name))
+        return folder if folder.is_dir() else None
     tried = [Path(p) for p in tried] or [Path(name).expanduser().absolute()]
     for folder in tried:
         if folder.exists():
@@ -88,6 +93,11 @@ def resolve_pretrained(name: str) -> Path:
     folder = find_pretrained(name)
     if folder is not None:
         return folder
+    from chain_of_diffusion.bases import is_base_name
+
+    if is_base_name(name):
+        raise ModelLoadError(f"model.pretrained: {name} is not built yet; run python scripts/pretrain_base.py "
+                             "(scripts/chain.py builds it before the first stage)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -103,9 +113,24 @@ def resolve_pretrained(name: str) -> Path:
     return Path(path)
 
 
+def is_pixel_space(folder: Path) -> bool:
+    """Whether the pipeline folder's UNet denoises RGB pixels (no VAE: the bases made here)."""
+    import json
+
+    try:
+        config = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return not (folder / "vae").is_dir() and config.get("in_channels") == 3
+
+
 def check_complete(folder: Path, name: str) -> None:
     """A one-line ModelLoadError naming the sub-folders a pipeline folder lacks."""
-    missing = [part for part in _PARTS if not (folder / part).is_dir()]
+    from chain_of_diffusion.bases import check_base_folder
+
+    check_base_folder(folder)
+    parts = [p for p in _PARTS if p != "vae" or not is_pixel_space(folder)]
+    missing = [part for part in parts if not (folder / part).is_dir()]
     if missing:
         hint = _download_hint(name) if not Path(name).expanduser().exists() else "it is not a complete pipeline"
         raise ModelLoadError(f"model.pretrained: {folder} has no {', '.join(p + '/' for p in missing)}; {hint}")

@@ -72,9 +72,11 @@ class EvaluateStage:
         train_dir = folders.train_set
         sample_records = evaluated_sample_records(cfg, run, generation)
         classifier = None
-        if cfg.metrics.features == "classifier":
+        if cfg.metrics.features == "classifier" or "caption_accuracy" in cfg.metrics.names:
             classifier = load_classifier(folders.reference.reference / evaluation.CLASSIFIER)
         spaces = FeatureSpaces(cfg.metrics, classifier=classifier, device=accelerator.device)
+        if cfg.metrics.features != "classifier":
+            classifier = None  # caption_accuracy's classifier (in spaces); the cheap features stay pixels
         positions = list(range(len(sample_records)))
         with accelerator.split_between_processes(positions) as mine:
             images = load_images(folders.samples, [sample_records[i] for i in mine])

@@ -76,8 +76,12 @@ class ReferenceStage:
             make_grid_image(load_images(run.real / "train", row), nrow=len(row), scale=grid_scale(cfg)).save(
                 out / "grid.png"
             )
-        classifier = self._classifier(ctx, train_records, out) if cfg.metrics.features == "classifier" else None
+        classifier = None
+        if cfg.metrics.features == "classifier" or "caption_accuracy" in cfg.metrics.names:
+            classifier = self._classifier(ctx, train_records, out)
         heldout = load_images(run.real / "heldout", read_metadata(run.real / "heldout"))
+        if cfg.metrics.features != "classifier":  # trained for caption_accuracy only: pixels stay the space
+            classifier = None
         heldout_features = cheap_features(classifier, heldout)
         save_file({"features": heldout_features.contiguous()}, str(out / HELDOUT_FEATURES))
         train_features = cheap_features(classifier, load_images(run.real / "train", train_records))
@@ -101,10 +105,10 @@ class ReferenceStage:
                 f"config key 'metrics.features': 'classifier' needs class labels and data.source="
                 f"{cfg.data.source} has none; use metrics.features=pixels"
             )
-        images = torch.cat(
-            [load_images(run.real / "train", train_records),
-             load_images(run.real / "pool", fit_records[len(train_records):])]
-        )
+        pool = fit_records[len(train_records):]
+        images = load_images(run.real / "train", train_records)
+        if pool:  # empty where every usable image is trained on or held out
+            images = torch.cat([images, load_images(run.real / "pool", pool)])
         classifier = train_classifier(
             images, torch.tensor(labels), steps=cfg.metrics.classifier_steps,
             seed=derive_seed(cfg.seed, "classifier"),

@@ -9,7 +9,6 @@ Learned features of the samples are written next to the selected set (features_*
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from chain_of_diffusion.config import selection_space
 from chain_of_diffusion.data.imageset import (
+    caption_labels,
     image_path,
     load_images,
     read_metadata,
@@ -128,15 +128,6 @@ def _features(ctx: StageContext, folder: Path, records: list[dict], cache_file: 
     )
 
 
-def _caption_labels(real: list[dict]) -> dict[str, int]:
-    """caption -> class label, from the real records (the most common label where a caption has several)."""
-    counts: dict[str, Counter] = {}
-    for r in real:
-        if r.get("label") is not None:
-            counts.setdefault(r["text"], Counter())[int(r["label"])] += 1
-    return {text: c.most_common(1)[0][0] for text, c in counts.items()}
-
-
 def _select_latent(ctx: StageContext, generation: int, samples: list[dict], budget: int, out: Path):
     """Latent space filtering (Cai et al. 2025) of the pooled real training + synthetic candidates.
 
@@ -166,7 +157,7 @@ def _select_latent(ctx: StageContext, generation: int, samples: list[dict], budg
     candidates = [{**r, "file_name": relative_file_name(image_path(real_dir, r), select_dir)} for r in real]
     candidates += [{**s, "file_name": f"../samples/{s['file_name']}"} for s in samples]
     features = torch.cat([real_emb, sample_emb])
-    caption_label = _caption_labels(real)
+    caption_label = caption_labels(real)
     labels = [r.get("label") for r in real] + [caption_label.get(s["text"]) for s in samples]
     if None not in labels and len(set(labels)) >= 2:
         real_labels = torch.tensor(labels[: len(real)])

@@ -17,6 +17,7 @@ def test_presets_compose_with_the_sd15_chain_and_pick_a_space_every_backend_has(
     assert cfg.select.method == "greedy_entropy" and cfg.select.oversample == 2.0
     assert selection_space(cfg) == "unet"  # no class labels in a captioned folder
     assert selection_space(load_config([CONFIGS / "quickstart.yaml", *PRESETS])) == "classifier"
+    assert selection_space(load_config([CONFIGS / "scratch" / "digits.yaml", *PRESETS])) == "classifier"
     threshold = load_config([CONFIGS / "sd15_chain.yaml", CONFIGS / "mitigations" / "threshold_decay.yaml"])
     assert selection_space(threshold) == "unet"
 

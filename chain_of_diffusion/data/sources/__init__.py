@@ -25,6 +25,7 @@ __all__ = ["SOURCES", "DataError", "RealExample", "SourceData", "load_source", "
 
 SOURCES: dict[str, str] = {
     "digits": "chain_of_diffusion.data.sources.digits:load",
+    "digits_bold": "chain_of_diffusion.data.sources.digits_bold:load",
     "imagefolder": "chain_of_diffusion.data.sources.imagefolder:load",
     "csv": "chain_of_diffusion.data.sources.csv:load",
     "hf": "chain_of_diffusion.data.sources.hf:load",
