@@ -1,6 +1,7 @@
 """Wall time and peak memory of a chain run, and the trainer's step time against a plain loop.
 
     python benchmarks/quickstart.py                      # the quickstart (4 generations)
+    python benchmarks/quickstart.py --fresh-base         # ... with its pretrained base built first, as a first run
     python benchmarks/quickstart.py --config configs/smoke.yaml
 
 Runs the real entry point in a child process (start-up included), reads the per-stage seconds
@@ -25,13 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_chain(config: list[str], overrides: list[str], out: Path) -> dict:
+def run_chain(config: list[str], overrides: list[str], out: Path, env: dict | None = None) -> dict:
     cmd = [sys.executable, str(ROOT / "scripts" / "chain.py")]
     for c in config:
         cmd += ["--config", c]
     cmd += [f"output_dir={out}", *overrides]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"chain failed:\n{proc.stderr[-3000:]}")
@@ -84,15 +85,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", default=[])
     p.add_argument("--out", default=None, help="run directory (default: a temporary folder)")
+    p.add_argument("--fresh-base", action="store_true",
+                   help="build the pretrained base (model.pretrained: base:...) into an empty cache first")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="cod-bench-")) / "run"
-    chain = run_chain(args.config, args.overrides, out)
+    env = {"CHAIN_OF_DIFFUSION_CACHE": tempfile.mkdtemp(prefix="cod-bench-cache-")} if args.fresh_base else None
+    chain = run_chain(args.config, args.overrides, out, env)
+    base_info = out / "reference" / "base.json"
+    if base_info.is_file():  # where the run's pretrained folder is a base made here: its build time
+        folder = Path(json.loads(base_info.read_text())["folder"])
+        if (folder / "base.json").is_file():
+            chain["base_build_s"] = json.loads((folder / "base.json").read_text()).get("build_seconds")
     steps = time_trainer_vs_plain()
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
-        "config": args.config or ["(embedded quickstart)"],
+        "config": args.config or ["configs/quickstart.yaml"],
+        "fresh_base": args.fresh_base,
         "overrides": args.overrides,
         "chain": chain,
         "trainer": steps,

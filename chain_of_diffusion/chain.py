@@ -398,8 +398,9 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
             run.save_state(state)
         after_commit(stage, ctx, generation)
         log.info("%s done in %.1fs: %s", where, seconds, _brief(summary))
-        if isinstance(summary, dict) and summary.get("note"):  # what the user should know (auto sizes)
-            say(f"{where} {summary['note']}")
+        if isinstance(summary, dict) and summary.get("note"):  # what the user should know (data read, auto sizes)
+            for line in summary["note"].splitlines():
+                say(f"{where} {line}")
         if generation is not None:
             say(f"{where} done in {seconds:.0f}s")
     accelerator.wait_for_everyone()

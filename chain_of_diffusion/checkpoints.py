@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from chain_of_diffusion.errors import TrainingError
+from chain_of_diffusion.runs import usual_permissions
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"  # what a partial (LoRA) checkpoint holds of the model
 
@@ -33,6 +34,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_stat
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         torch.save(trainer_state, tmp / TRAINER_STATE)
+        usual_permissions(tmp)  # safetensors writes 0600: a checkpoint the user's group could not read
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if latest.exists():

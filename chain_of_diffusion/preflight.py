@@ -65,13 +65,20 @@ def check_selection_weights(cfg: ChainConfig) -> None:
         ) from None
 
 
-def check_metric_weights(mcfg, names: Iterable[str]) -> None:
+def check_metric_weights(mcfg, names: Iterable[str], every_space: bool = False) -> None:
     """The DINOv2 model where the metrics ``names`` need it (fd_dinov2, or precision/recall/...
-    with ``metrics.prdc_features=dinov2``); files only, nothing loaded."""
+    with ``metrics.prdc_features=dinov2``); with ``every_space`` also the Inception and CLIP weights
+    (where no cached features can stand in: a new chain, two folders); files only, nothing loaded."""
     names = set(names)
     prdc_in_dinov2 = mcfg.prdc_features == "dinov2" and names & set(PRDC_NAMES)
     if "fd_dinov2" in names or prdc_in_dinov2:
         check_space_weights("dinov2", mcfg)
+    if every_space:
+        from chain_of_diffusion.metrics.suite import sample_spaces
+
+        for space in sample_spaces(names, mcfg):
+            if space != "dinov2":
+                check_space_weights(space, mcfg)
 
 
 def check_hub_token(cfg: ChainConfig) -> None:
@@ -137,5 +144,5 @@ def run_preflight(cfg: ChainConfig, origins: Optional[dict[str, str]] = None) ->
     ``origins``: dotted key -> the config file that set it (:func:`~chain_of_diffusion.config.load_config`)."""
     check_model_files(cfg, (origins or {}).get("model.pretrained"))
     check_selection_weights(cfg)
-    check_metric_weights(cfg.metrics, cfg.metrics.names)
+    check_metric_weights(cfg.metrics, cfg.metrics.names, every_space=True)
     check_hub_token(cfg)

@@ -1,6 +1,5 @@
 """End to end through the real entry point (``scripts/chain.py``) on tiny configs."""
 
-import fcntl
 import json
 import math
 import os
@@ -226,8 +225,9 @@ def test_resume_after_kill_gives_identical_metrics(finished_run: Path, tmp_path:
 def test_second_process_on_the_same_output_dir_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    with open(out / ".lock", "a+") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    import filelock  # what the run directory's lock is made with: flock on Unix, LockFileEx on Windows
+
+    with filelock.FileLock(str(out / ".lock"), timeout=0):
         proc = cli("--config", str(SMOKE), f"output_dir={out}", *TINY_OVERRIDES)
     assert proc.returncode == 2
     assert "in use by another running chain" in proc.stderr

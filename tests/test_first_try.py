@@ -11,6 +11,8 @@ from conftest import ROOT, SMOKE, TINY_OVERRIDES, cli
 from PIL import Image
 from test_chain import _one_error_line
 
+from chain_of_diffusion.config import load_config
+
 LORA = ROOT / "configs" / "tiny_sd_lora.yaml"
 # one generation of a few steps: what is written where, and that every stage runs
 ONE_GEN = ["generations=1", "train.steps=2", "train.checkpoint_every=2", "train.log_every=1",
@@ -94,6 +96,10 @@ def test_small_folder_with_the_default_split_runs_first_time(tmp_path):
     note = [line for line in proc.stdout.splitlines() if "usable images" in line]
     assert note == ["[real] 40 usable images: 8 held out for evaluation (data.num_heldout=auto: 20%, at least 8), "
                     "32 trained on (data.num_train=auto: the rest)"]
+    # what was read, on the terminal too (not only in log.txt): images, captions, skipped, the resize
+    res = load_config([SMOKE]).data.resolution
+    assert f"[real] imagefolder {folder}: 40 images, 4 distinct captions, 0 skipped, sides of 24 px resized to " \
+           f"{res}x{res}" in proc.stdout.splitlines()
     summary = json.loads((out / "real" / "summary.json").read_text())
     assert (summary["heldout"], summary["train"], summary["pool"]) == (8, 32, 0)
     assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["memorization"])

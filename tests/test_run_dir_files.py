@@ -84,3 +84,24 @@ def test_read_only_finished_run_still_shows_its_table(dae_run: Path):
         for folder in folders:
             folder.chmod(0o755)
     assert {p: p.stat().st_mtime_ns for p in dae_run.rglob("*")} == before
+
+
+def test_training_checkpoints_have_the_usual_permissions(tmp_path):
+    # accelerate writes its model file through safetensors (0600); a killed run's checkpoint sits in the
+    # run directory until resumed, so it gets the same permissions as the run's other files
+    import torch
+    from accelerate import Accelerator
+
+    from chain_of_diffusion.checkpoints import save_checkpoint
+    from chain_of_diffusion.runs import file_mode
+
+    from accelerate.state import AcceleratorState
+
+    accelerator = Accelerator(cpu=True)
+    try:
+        accelerator.prepare(torch.nn.Linear(2, 2))
+        save_checkpoint(accelerator, tmp_path, {"progress": {"step": 1}})
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # as a new process would have it
+    files = [p for p in (tmp_path / "latest").rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == file_mode() for p in files)

@@ -59,6 +59,23 @@ def prepare_real(cfg: ChainConfig, out_dir: Path) -> dict:
         "class_names": data.class_names,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    note = split_note(n, sizes, cfg.data.num_heldout, cfg.data.num_train)
-    # what data.num_heldout/num_train=auto chose, for the terminal (the chain prints a stage's note)
-    return {**summary, "note": note} if note else summary
+    # what was read and what auto chose, for the terminal (the chain prints a stage's note)
+    note = [source_line(cfg, data), split_note(n, sizes, cfg.data.num_heldout, cfg.data.num_train)]
+    return {**summary, "note": "\n".join(line for line in note if line)}
+
+
+def source_line(cfg: ChainConfig, data) -> str:
+    """One line on what the source gave: images (or points), distinct captions, skipped inputs with the
+    first reason, and the sizes the images were resized from."""
+    where = f"{cfg.data.source} {cfg.data.path}" if cfg.data.path else cfg.data.source
+    n = len(data.examples)
+    if data.examples and data.examples[0].vector is not None:
+        return f"{where}: {n} points, {len({e.text for e in data.examples})} distinct captions"
+    parts = [f"{n} images", f"{len({e.text for e in data.examples})} distinct captions"]
+    parts.append(f"{data.num_skipped} skipped" + (f" (first: {data.skipped[0]})" if data.skipped else ""))
+    if data.side_range:
+        lo, hi = data.side_range
+        sides = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
+        res = cfg.data.resolution
+        parts.append(f"sides of {sides} kept at {res}x{res}" if lo == hi == res else f"sides of {sides} resized to {res}x{res}")
+    return f"{where}: " + ", ".join(parts)

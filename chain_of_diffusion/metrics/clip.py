@@ -10,6 +10,8 @@ averaged over the images.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,21 +65,34 @@ def check_clip_weights(name: str, pretrained: str | None) -> None:
         )
 
 
+def first_sentence(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an error's first line, cut at a word (never mid-word) past ``limit``."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = text.split(". ")[0]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def load_clip(name: str, pretrained: str | None, device: str | torch.device = "cpu") -> Clip:
     """An open-clip model in eval mode; ``pretrained``: a tag, a local file path, or None (random)."""
     import open_clip
 
     if name not in open_clip.list_models():
         raise ClipWeightsError(f"metrics.clip_model={name!r} is not an open-clip model (open_clip.list_models())")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # open-clip logs its failures at ERROR on the root logger, then raises
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:  # open-clip raises RuntimeError/OSError/Hub errors; all mean "no weights here"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClipWeightsError(
-            f"metrics.clip_pretrained={pretrained!r}: cannot load {name} weights ({first[:200]}); "
+            f"metrics.clip_pretrained={pretrained!r}: cannot load {name} weights ({first_sentence(err)}); "
             f"give a local checkpoint file or a tag already in the Hugging Face cache"
         ) from None
+    finally:
+        root.setLevel(level)
     model.eval()
     return Clip(model, preprocess, tokenizer, torch.device(device))
 

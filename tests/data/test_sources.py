@@ -105,7 +105,7 @@ def test_max_images_takes_the_first_in_order():
 def test_unknown_source_names_the_key():
     with pytest.raises(DataError, match="data.source"):
         load_source(cfg(source="nope"))
-    assert set(SOURCES) == {"digits", "imagefolder", "csv", "hf", "emoji", "fashion_mnist", "gaussian", "gmm"}
+    assert set(SOURCES) == {"digits", "digits_bold", "imagefolder", "csv", "hf", "emoji", "fashion_mnist", "gaussian", "gmm"}
 
 
 # ----------------------------------------------------------------------------------- imagefolder
@@ -506,3 +506,24 @@ def test_small_images_are_upscaled_with_a_warning_or_refused_by_min_size(tmp_pat
     assert "small.png: 8x12 is smaller than data.min_size=16" in str(err.value) and "\n" not in str(err.value)
     kept = load_source(cfg(source="imagefolder", path=str(tmp_path), min_size=16, on_error="skip"))
     assert [ex.text for ex in kept.examples] == ["big"] and kept.num_skipped == 1
+
+
+def test_digits_bold_is_the_fifth_of_the_digits_the_base_never_sees_thickened():
+    import numpy as np
+
+    from chain_of_diffusion.bases import BASES, pretraining_set
+    from chain_of_diffusion.data.sources.digits import digit_pixels
+    from chain_of_diffusion.data.sources.digits_bold import thicken
+
+    data = load_source(cfg(source="digits_bold", resolution=8))
+    assert len(data.examples) == 360 and data.class_names == [str(d) for d in range(10)]
+    first = data.examples[0]
+    assert first.origin == "digits:0" and first.text == "a bold handwritten digit zero" and first.label == 0
+    indices = {int(e.origin.split(":")[1]) for e in data.examples}
+    assert indices == set(range(0, 1797, 5))
+    images, captions, labels = pretraining_set(BASES["digits"])
+    assert images.shape == (1797 - 360, 3, 8, 8) and "bold" not in " ".join(captions)
+    pixels, _ = digit_pixels()
+    bold = thicken(pixels[0])
+    assert (bold >= pixels[0]).all() and bold.sum() > pixels[0].sum()  # strokes only grow
+    assert np.array_equal(np.asarray(first.image)[..., 0], bold)

@@ -95,3 +95,29 @@ def test_an_embedding_does_not_depend_on_its_batch_mates(tiny_clip_file):
     captions = [f"caption {i}" for i in range(5)]
     text = clip_text_features(clip, captions, batch_size=4)
     assert torch.equal(text[4:], clip_text_features(clip, captions[4:], batch_size=4))
+
+
+def test_an_open_clip_failure_is_one_sentence_cut_at_a_word_and_logs_nothing(tmp_path, capfd):
+    from chain_of_diffusion.metrics.clip import first_sentence
+
+    long = RuntimeError("Failed to download file (x.bin) for a/b. Last error: " + "word " * 80)
+    assert first_sentence(long) == "Failed to download file (x.bin) for a/b"
+    cut = first_sentence(RuntimeError("a" * 10 + " " + "b" * 300))
+    assert cut == "a" * 10 + " ..."
+    # open-clip logs "ERROR:root:..." before raising; only our one line may reach the terminal
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ClipWeightsError):
+        load_clip("ViT-B-32", str(bad))
+    assert "ERROR:root" not in capfd.readouterr().err
+
+
+def test_evaluate_folders_checks_clip_weights_before_reading_images(tmp_path):
+    from conftest import call_main, load_script
+
+    for name in ("real", "fake"):
+        (tmp_path / name).mkdir()
+    proc = call_main(load_script("evaluate").main, "--real", tmp_path / "real", "--fake", tmp_path / "fake",
+                     "--metrics", "clip_score", "--set", f"metrics.clip_pretrained={tmp_path / 'none.pt'}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "metrics.clip_pretrained" in proc.stderr

@@ -49,6 +49,8 @@ class SourceData:
     skipped: list[str] = field(default_factory=list)  # "<origin>: <reason>" for each of them
     class_names: Optional[list[str]] = None
     upscaled: list[str] = field(default_factory=list)  # origins of images smaller than data.resolution
+    # (smallest, largest) side over the kept images as the source had them, before the resize
+    side_range: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -101,6 +103,8 @@ def collect(
             continue
         if short_side < cfg.resolution:
             data.upscaled.append(cand.origin)
+        lo, hi = data.side_range or (short_side, max(decoded.size))
+        data.side_range = (min(lo, short_side), max(hi, *decoded.size))
         data.examples.append(RealExample(image=image, text=text, label=cand.label, origin=cand.origin))
     if data.upscaled:
         log.warning(
