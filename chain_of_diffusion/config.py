@@ -268,6 +268,11 @@ def _validate_metrics(cfg: ChainConfig) -> None:
             raise ConfigError(
                 f"config key 'metrics.names': unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}"
             )
+    if cfg.metrics.features == "classifier" and not has_labels(cfg.data) and cfg.data.source not in VECTOR_SOURCES:
+        raise ConfigError(
+            f"config key 'metrics.features': 'classifier' needs class labels and data.source={cfg.data.source} "
+            "has none; use metrics.features=pixels (or set data.label_column)"
+        )
     if "caption_accuracy" in cfg.metrics.names and not has_labels(cfg.data):
         raise ConfigError(
             f"config key 'metrics.names': 'caption_accuracy' needs class labels and data.source={cfg.data.source} "

@@ -99,3 +99,11 @@ def test_lora_and_pretrained_need_a_base(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config([], overrides)
     load_config([], [*overrides, "train.init=base"])  # the same with a base is fine
+
+
+def test_classifier_features_without_labels_is_refused_before_any_work(tmp_path):
+    # it used to stop in the reference stage, after the real data was read and written
+    with pytest.raises(ConfigError, match="'metrics.features'.*needs class labels.*metrics.features=pixels"):
+        load_config([], ["data.source=imagefolder", f"data.path={tmp_path}"])
+    assert load_config([], ["data.source=imagefolder", f"data.path={tmp_path}", "data.label_column=kind"])
+    assert load_config([], ["data.source=imagefolder", f"data.path={tmp_path}", "metrics.features=pixels"])
