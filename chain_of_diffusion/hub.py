@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict
+from chain_of_diffusion.models.continued import continued_from, parse_ref
 from chain_of_diffusion.errors import ConfigError
 from chain_of_diffusion.runs import RunDir, read_json
 
@@ -204,6 +205,8 @@ def lineage(run: RunDir, cfg: ChainConfig, upto: int) -> list[dict]:
 def _base_model(cfg: ChainConfig) -> Optional[str]:
     """model.pretrained where it is a Hub id (a local folder is not named on the Hub)."""
     pretrained = cfg.model.pretrained
+    if parse_ref(pretrained):  # a generation of another chain (load_generation loads it, fused)
+        return pretrained
     if not pretrained or Path(pretrained).expanduser().exists() or not _HUB_ID.match(pretrained):
         return None
     return pretrained
@@ -216,6 +219,7 @@ def chain_metadata(run: RunDir, cfg: ChainConfig, upto: int) -> dict:
         "base_model": _base_model(cfg), "train_mode": cfg.train.mode, "train_init": cfg.train.init,
         "arch": None if cfg.model.pretrained else cfg.model.arch, "objective": cfg.model.objective,
         "data_source": cfg.data.source, "mitigations": mitigations(cfg), "lineage": lineage(run, cfg, upto),
+        "continued_from": continued_from(cfg.model.pretrained),
     }
 
 
@@ -228,6 +232,9 @@ def _cell(value: Any) -> str:
 def _load_snippet(cfg: ChainConfig, repo_id: str, generation: int) -> str:
     where = (f'revision="{revision_name(generation)}"' if cfg.hub.branch_per_generation
              else f'subfolder="{folder_name(generation)}"')
+    if cfg.train.mode == "lora" and parse_ref(cfg.model.pretrained):  # the base is another chain's generation
+        return ("from chain_of_diffusion.models.continued import load_generation  # pip install chain-of-diffusion\n\n"
+                f'model = load_generation("{repo_id}@{revision_name(generation)}")  # its base included, fused')
     if cfg.train.mode == "lora":
         base = _base_model(cfg) or "path/to/the/base/pipeline"
         return ("from diffusers import StableDiffusionPipeline\n\n"
@@ -265,7 +272,8 @@ def card_text(run: RunDir, cfg: ChainConfig, repo_id: str, upto: int, curves: tu
     chain = chain_metadata(run, cfg, upto)
     tags = (["lora"] if cfg.train.mode == "lora" else []) + TAGS
     data = ModelCardData(
-        library_name="diffusers", tags=tags, base_model=chain["base_model"], pipeline_tag="text-to-image",
+        library_name="diffusers", tags=tags, pipeline_tag="text-to-image",
+        base_model=chain["base_model"].split("@")[0] if chain["base_model"] else None,  # the Hub's field: a repo id
         datasets=[cfg.data.path] if cfg.data.source == "hf" and cfg.data.path and _HUB_ID.match(cfg.data.path)
         else None, chain=chain,
     )
@@ -285,6 +293,9 @@ def card_text(run: RunDir, cfg: ChainConfig, repo_id: str, upto: int, curves: tu
         + (", and at the root of its branch `gen-XX`" if cfg.hub.branch_per_generation else "")
         + "; the root of `main` holds the newest one.", "",
         f"- base: {base}; training: {training}; objective `{cfg.model.objective}`",
+        *([f"- continues generation {chain['continued_from']['generation']} of the chain "
+           f"`{chain['continued_from']['repo']}` (chain id `{chain['continued_from']['chain_id']}`): generation 0 "
+           "here starts from that generation's model"] if chain["continued_from"] else []),
         f"- data: `{cfg.data.source}`",
         f"- mitigations: condition drop {m['condition_drop']}, guidance {m['guidance_scale']} "
         f"({m['guidance_schedule']}" + (f" to {m['guidance_end']}" if m["guidance_schedule"] != "constant" else "")

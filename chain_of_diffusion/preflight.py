@@ -13,6 +13,8 @@ when a check needs them (they pull in torch).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -121,7 +123,14 @@ def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None
     from chain_of_diffusion.models.pretrained import check_complete, find_pretrained
 
     from chain_of_diffusion.bases import is_base_name, spec_of
+    from chain_of_diffusion.models.continued import fetch_generation, parse_ref
 
+    if parse_ref(name):  # a chain's generation on the Hub: it exists, and a LoRA's base is here too
+        folder, chain = fetch_generation(name)
+        if chain.get("train_mode") == "lora" and chain.get("base_model"):
+            check_model_files(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                                  pretrained=chain["base_model"])))
+        return
     folder = find_pretrained(name, pretrained_candidates(name, config_file))
     if folder is None and is_base_name(name):  # built before the first stage: its layout decides
         vae_scale, unet_multiple = layout_scales(spec_of(name).arch)

@@ -118,3 +118,12 @@ def attach_saved_lora(unet: UNet2DConditionModel, folder: str | Path, text_encod
             StableDiffusionPipeline.load_lora_into_text_encoder(
                 state, alphas, text_encoder, prefix="text_encoder", adapter_name=ADAPTER, metadata=metadata,
             )
+
+
+def fuse_saved_lora(unet: UNet2DConditionModel, folder: str | Path) -> None:
+    """Merge a saved LoRA into the UNet's own weights and drop the adapter (diffusers' ``fuse_lora``
+    then ``unload_lora``): the result is a plain UNet, e.g. the base of a chain that continues a
+    LoRA generation."""
+    attach_saved_lora(unet, folder)
+    unet.fuse_lora(lora_scale=1.0)
+    unet.unload_lora()

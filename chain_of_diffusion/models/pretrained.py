@@ -59,7 +59,10 @@ def find_pretrained(name: str, tried: Sequence[Path] = ()) -> Optional[Path]:
     while the Hub may be reachable (the loader downloads it); a one-line ModelLoadError naming the
     folders tried where it cannot be found."""
     from chain_of_diffusion.bases import base_folder, is_base_name, spec_of
+    from chain_of_diffusion.models.continued import fetch_generation, parse_ref
 
+    if parse_ref(name):  # a generation of a chain on the Hub: its files (downloaded where reachable)
+        return fetch_generation(name)[0]
     if is_base_name(name):  # a base made here: its cache folder, None until it is built
         folder = base_folder(spec_of(name))
         return folder if folder.is_dir() else None
@@ -143,7 +146,10 @@ def load_pretrained(name: str) -> T2IModel:
     the pipeline's scheduler config, so training matches how the model was pretrained.
     """
     from chain_of_diffusion.models.build import load_model
+    from chain_of_diffusion.models.continued import load_generation, parse_ref
 
+    if parse_ref(name):
+        return load_generation(name)
     folder = resolve_pretrained(name)
     check_complete(folder, name)
     model = load_model(folder)

@@ -220,3 +220,34 @@ def test_bad_hub_input_is_one_line_before_any_work(local_hub, template, tmp_path
     assert _push_script(tmp_path / "nope").returncode == 2
     no_hub = _push_script(template)
     assert no_hub.returncode == 2 and "hub.repo_id is not set" in no_hub.stderr
+
+
+def test_a_pushed_generation_is_the_base_of_a_new_chain_that_says_so(local_hub, template, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+    from safetensors.torch import load_file
+
+    from chain_of_diffusion.models.continued import parse_ref
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert _chain(_copy(template, tmp_path)).returncode == 0
+    assert parse_ref(f"{REPO}@gen-01") == (REPO, 1) and parse_ref(REPO) is None
+    missing = cli("--config", str(SMOKE), f"output_dir={tmp_path / 'never'}", f"model.pretrained={REPO}@gen-07",
+                  "train.init=base", "--dry-run")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert f"{REPO} has no generation 7 (pushed: gen-00, gen-01)" in missing.stderr
+    branch = tmp_path / "branch"
+    fork = f"{USER}/digits-chain-branch"
+    proc = cli("--config", str(SMOKE), f"output_dir={branch}", f"model.pretrained={REPO}@gen-01", "train.init=base",
+               "generations=1", "train.steps=2", "train.checkpoint_every=2", "train.log_every=1", "sample.steps=2",
+               "data.num_train=48", "data.num_heldout=48", "metrics.classifier_steps=10", f"hub.repo_id={fork}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # generation 0 of the branch started from the pushed generation 1: the base the run records is its files
+    base = json.loads((branch / "reference" / "base.json").read_text())
+    assert base["pretrained"] == f"{REPO}@gen-01" and Path(base["folder"]).name == "gen_01"
+    pushed = load_file(str(Path(base["folder"]) / UNET))
+    original = load_file(str(template / "gen_01" / "model" / UNET))
+    assert all((pushed[k] == original[k]).all() for k in original)
+    card = ModelCard.load(fork, token=TOKEN)
+    assert card.data.chain["continued_from"]["repo"] == REPO and card.data.chain["continued_from"]["generation"] == 1
+    assert card.data.chain["continued_from"]["chain_id"] == ModelCard.load(REPO, token=TOKEN).data.chain["id"]
+    assert card.data.base_model == REPO and f"continues generation 1 of the chain `{REPO}`" in card.text
