@@ -212,6 +212,19 @@ def _base_model(cfg: ChainConfig) -> Optional[str]:
     return pretrained
 
 
+def base_license(base: Optional[str]) -> Optional[str]:
+    """The ``license`` of the base's own model card where the base is a Hub repo that has one (a LoRA of it
+    is bound by it); None where it cannot be read."""
+    if not base:
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(base.split("@")[0]).data.to_dict().get("license")
+    except Exception:  # no card, no access, offline: the card then names no license
+        return None
+
+
 def chain_metadata(run: RunDir, cfg: ChainConfig, upto: int) -> dict:
     """The ``chain`` block of the card's metadata: what a later run reads back."""
     return {
@@ -274,6 +287,7 @@ def card_text(run: RunDir, cfg: ChainConfig, repo_id: str, upto: int, curves: tu
     data = ModelCardData(
         library_name="diffusers", tags=tags, pipeline_tag="text-to-image",
         base_model=chain["base_model"].split("@")[0] if chain["base_model"] else None,  # the Hub's field: a repo id
+        license=base_license(chain["base_model"]),
         datasets=[cfg.data.path] if cfg.data.source == "hf" and cfg.data.path and _HUB_ID.match(cfg.data.path)
         else None, chain=chain,
     )

@@ -25,6 +25,7 @@ def _upload_folder(repo: str, folder) -> None:
     api = HfApi(token=TOKEN)
     api.create_repo(repo)
     ops = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in sorted(folder.rglob("*")) if p.is_file()]
+    ops.append(CommitOperationAdd("README.md", b"---\nlicense: creativeml-openrail-m\n---\n# a base\n"))
     api.create_commit(repo, ops, commit_message="the base pipeline")
 
 
@@ -42,6 +43,10 @@ def test_a_pushed_lora_reproduces_the_chains_sample_and_continues_fused(local_hu
                f"hub.repo_id={CHAIN_REPO}", *ONE_GEN)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "gen_00/pytorch_lora_weights.safetensors" in local_hub.repo(CHAIN_REPO).files()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(CHAIN_REPO, token=TOKEN).data
+    assert card.base_model == BASE_REPO and card.license == "creativeml-openrail-m"  # the base's, which binds a LoRA
 
     # a user elsewhere: the base and generation 0's LoRA from the Hub, as the card's snippet says
     pipe = StableDiffusionPipeline.from_pretrained(BASE_REPO, token=TOKEN)
