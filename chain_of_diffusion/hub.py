@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chain_of_diffusion.config import ChainConfig, fingerprint_dict
-from chain_of_diffusion.models.continued import continued_from, parse_ref
 from chain_of_diffusion.errors import ConfigError
+from chain_of_diffusion.hub_files import folder_name, generation_files, model_files, revision_name, same_bytes
+from chain_of_diffusion.models.continued import continued_from, parse_ref
 from chain_of_diffusion.runs import RunDir, read_json
 
 TAGS = ["text-to-image", "model-collapse", "chain-of-diffusion"]
@@ -41,14 +42,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 class LineageConflict(ConfigError):
     """The repo's card holds the lineage of another chain (refused unless hub.overwrite)."""
-
-
-def folder_name(generation: int) -> str:
-    return f"gen_{generation:02d}"
-
-
-def revision_name(generation: int) -> str:
-    return f"gen-{generation:02d}"
 
 
 # ---------------------------------------------------------------------------------------- environment
@@ -356,58 +349,6 @@ def check_lineage(cfg: ChainConfig, run: RunDir, remote: Optional[dict]) -> None
 
 # ---------------------------------------------------------------------------------------- the push
 
-def _git_oid(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _same(local: Path | bytes, remote) -> bool:
-    """Whether the remote file (a RepoFile) holds exactly these bytes: its LFS sha256, else its git oid."""
-    if remote is None:
-        return False
-    if isinstance(local, bytes):
-        if remote.lfs is not None:
-            return hashlib.sha256(local).hexdigest() == remote.lfs.sha256
-        return hashlib.sha1(b"blob %d\0" % len(local) + local).hexdigest() == remote.blob_id
-    if remote.size != local.stat().st_size:
-        return False
-    return (_sha256(local) == remote.lfs.sha256) if remote.lfs is not None else _git_oid(local) == remote.blob_id
-
-
-def model_files(run: RunDir, generation: int) -> dict[str, Path]:
-    """The generation's model folder (a LoRA file, or unet/ text_encoder/ tokenizer/ scheduler/ [vae/]), by
-    path inside it; hidden leftovers are not part of it."""
-    folder = run.stage_path(generation, "model")
-    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
-
-
-def generation_files(run: RunDir, cfg: ChainConfig, generation: int) -> dict[str, Path]:
-    """What lands under ``gen_XX/``: the model files, grid (hub.push_samples=grid), metrics.json, config.yaml."""
-    folder = folder_name(generation)
-    files = {f"{folder}/{rel}": path for rel, path in model_files(run, generation).items()}
-    grid = run.gen(generation) / "grid.png"
-    if cfg.hub.push_samples == "grid" and grid.is_file():
-        files[f"{folder}/grid.png"] = grid
-    metrics = run.gen(generation) / "metrics.json"
-    if not metrics.is_file():
-        metrics = run.stage_path(generation, "evaluation") / "metrics.json"
-    files[f"{folder}/metrics.json"] = metrics
-    files[f"{folder}/config.yaml"] = run.config_path
-    return files
-
-
 def commit_title(cfg: ChainConfig, row: Optional[dict], generation: int) -> str:
     keys = headline_keys(cfg, [row] if row else [])
     values = ", ".join(f"{k} {row[k]:.4g}" for k in keys)
@@ -439,7 +380,7 @@ def push_generation(run: RunDir, generation: int, cfg: ChainConfig, api) -> dict
 
     stale = _stale(tree, local, generation, newest)
     operations = [CommitOperationAdd(path, content) for path, content in sorted(local.items())
-                  if not _same(content, tree.get(path))]
+                  if not same_bytes(content, tree.get(path))]
     operations += [CommitOperationDelete(path) for path in sorted(stale)]
     row = _metrics_row(run, generation)
     committed = bool(operations)

@@ -14,7 +14,6 @@ when a check needs them (they pull in torch).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -120,10 +119,9 @@ def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None
         vae_scale, unet_multiple = layout_scales(cfg.model.arch)
         check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.arch={cfg.model.arch}")
         return
-    from chain_of_diffusion.models.pretrained import check_complete, find_pretrained
-
     from chain_of_diffusion.bases import is_base_name, spec_of
     from chain_of_diffusion.models.continued import fetch_generation, parse_ref
+    from chain_of_diffusion.models.pretrained import check_complete, find_pretrained
 
     if parse_ref(name):  # a chain's generation on the Hub: it exists, and a LoRA's base is here too
         folder, chain = fetch_generation(name)

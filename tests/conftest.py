@@ -3,9 +3,9 @@ import contextlib
 import io
 import os
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest

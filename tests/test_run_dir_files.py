@@ -91,11 +91,10 @@ def test_training_checkpoints_have_the_usual_permissions(tmp_path):
     # run directory until resumed, so it gets the same permissions as the run's other files
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from chain_of_diffusion.checkpoints import save_checkpoint
     from chain_of_diffusion.runs import file_mode
-
-    from accelerate.state import AcceleratorState
 
     accelerator = Accelerator(cpu=True)
     try:

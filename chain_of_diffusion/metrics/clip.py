@@ -11,7 +11,6 @@ averaged over the images.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -251,3 +251,22 @@ def test_a_pushed_generation_is_the_base_of_a_new_chain_that_says_so(local_hub, 
     assert card.data.chain["continued_from"]["repo"] == REPO and card.data.chain["continued_from"]["generation"] == 1
     assert card.data.chain["continued_from"]["chain_id"] == ModelCard.load(REPO, token=TOKEN).data.chain["id"]
     assert card.data.base_model == REPO and f"continues generation 1 of the chain `{REPO}`" in card.text
+
+
+def test_the_pushed_config_holds_no_local_paths(tmp_path):
+    import yaml
+
+    from chain_of_diffusion.hub_files import shareable_config
+
+    data = tmp_path / "home" / "me" / "my_cats"
+    data.mkdir(parents=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "runs" / "cats"), "seed": 0,
+                                      "data": {"source": "imagefolder", "path": str(data)},
+                                      "model": {"pretrained": "stable-diffusion-v1-5/stable-diffusion-v1-5"}}))
+    text = shareable_config(config).decode()
+    assert str(tmp_path) not in text
+    shared = yaml.safe_load(text)
+    assert shared["output_dir"] == "cats" and shared["data"]["path"] == "my_cats"
+    assert shared["model"]["pretrained"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a Hub id stays
+    assert text.startswith("# local paths cut to their last part: output_dir, data.path")

@@ -7,8 +7,8 @@ held-out reference included, are images the base never saw (:mod:`chain_of_diffu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from PIL import Image
