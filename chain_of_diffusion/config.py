@@ -316,6 +316,8 @@ def _validate_hub(cfg: ChainConfig) -> None:
         raise ConfigError("config key 'hub.push_samples': 'all' (every sample as a dataset repo) is not "
                           "implemented yet; use grid or none")
     _choice("hub.push_samples", h.push_samples, HUB_PUSH_SAMPLES)
+    if h.push_timeout_s <= 0:
+        raise ConfigError(f"config key 'hub.push_timeout_s': must be > 0 seconds, got {h.push_timeout_s}")
 
 
 # metrics that look at pictures (pretrained image networks, colour and frequency statistics)

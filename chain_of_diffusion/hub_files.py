@@ -68,8 +68,15 @@ def generation_files(run: RunDir, cfg: ChainConfig, generation: int) -> dict[str
         metrics = run.stage_path(generation, "evaluation") / "metrics.json"
     files[f"{folder}/metrics.json"] = metrics
     files[f"{folder}/config.yaml"] = shareable_config(run.config_path)
+    lora = run.stage_path(generation, "model") / "pytorch_lora_weights.safetensors"
+    if lora.is_file():  # the same adapter for ComfyUI / the A1111 web UI
+        from chain_of_diffusion.models.lora import kohya_bytes
+
+        files[f"{folder}/{KOHYA_FILE}"] = kohya_bytes(lora.parent)
     return files
 
+
+KOHYA_FILE = "kohya_lora.safetensors"  # the LoRA in kohya's key format, beside the diffusers one
 
 # keys whose values may be paths on the machine that ran the chain
 _PATH_KEYS = (("output_dir",), ("data", "path"), ("model", "pretrained"), ("sample", "captions"),

@@ -211,6 +211,9 @@ class HubConfig:
     branch_per_generation: bool = True  # also a branch gen-XX at the commit that pushed generation XX
     push_samples: str = "grid"  # none | grid (gen_XX/grid.png); all (a dataset repo) is not implemented yet
     overwrite: bool = False  # push into a repo whose card holds another chain's lineage
+    # the longest the chain waits for one push (the other processes wait at a barrier meanwhile; NCCL's
+    # process-group timeout is 600 s); a push still running then finishes in the background, left pending
+    push_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -39,21 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out}: the output must be a .safetensors file", file=sys.stderr)
         return 2
 
-    from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    from chain_of_diffusion.models.lora import read_lora
+    from chain_of_diffusion.models.lora import KOHYA_METADATA, kohya_state
     from chain_of_diffusion.runs import atomic_replace
 
     try:
-        peft_state = read_lora(folder)
+        kohya = kohya_state(folder)
     except (ValueError, OSError) as err:
         print(f"error: {folder}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    kohya = convert_state_dict_to_kohya({"unet." + k: v for k, v in peft_state.items()})
-    kohya = {k: v.contiguous() for k, v in kohya.items()}
     with atomic_replace(out) as tmp:
-        save_file(kohya, str(tmp), metadata={"format": "pt", "ss_network_module": "networks.lora"})
+        save_file(kohya, str(tmp), metadata=KOHYA_METADATA)
     modules = sum(1 for k in kohya if k.endswith(".alpha"))
     print(f"wrote {out}: {modules} LoRA modules in kohya format")
     return 0

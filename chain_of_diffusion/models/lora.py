@@ -127,3 +127,22 @@ def fuse_saved_lora(unet: UNet2DConditionModel, folder: str | Path) -> None:
     attach_saved_lora(unet, folder)
     unet.fuse_lora(lora_scale=1.0)
     unet.unload_lora()
+
+
+KOHYA_METADATA = {"format": "pt", "ss_network_module": "networks.lora"}  # what kohya's loaders look for
+
+
+def kohya_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """A saved LoRA in the kohya / A1111 key format (``lora_unet_..._to_q.lora_down.weight`` plus an
+    ``alpha`` per module), through diffusers' ``convert_state_dict_to_kohya``."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    kohya = convert_state_dict_to_kohya({"unet." + k: v for k, v in read_lora(folder).items()})
+    return {k: v.contiguous() for k, v in kohya.items()}
+
+
+def kohya_bytes(folder: str | Path) -> bytes:
+    """:func:`kohya_state` as the bytes of a safetensors file."""
+    from safetensors.torch import save
+
+    return save(kohya_state(folder), metadata=KOHYA_METADATA)

@@ -12,6 +12,8 @@ chain is over. ``gen_XX/push/push.json`` records the commit of a generation that
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -32,7 +34,7 @@ def push_into(run: RunDir, generation: int, cfg: ChainConfig, out: Path, api=Non
     if hub.is_offline():
         raise StagePending(f"HF_HUB_OFFLINE=1: not pushed to {cfg.hub.repo_id}")
     try:
-        result = hub.push_generation(run, generation, cfg, api or hub.make_api())
+        result = _within(cfg.hub.push_timeout_s, lambda: hub.push_generation(run, generation, cfg, api or hub.make_api()))
     except hub.LineageConflict as err:
         if not conflict_pending:
             raise
@@ -41,6 +43,46 @@ def push_into(run: RunDir, generation: int, cfg: ChainConfig, out: Path, api=Non
         raise StagePending(f"not pushed to {cfg.hub.repo_id}: {hub.describe_error(err)}") from None
     atomic_write_json(out / RECORD, result)
     return result
+
+
+class _Push(threading.Thread):
+    """One push on a daemon thread: the chain waits for it at most ``hub.push_timeout_s``."""
+
+    def __init__(self, work: Callable[[], dict]):
+        super().__init__(daemon=True, name="hub-push")
+        self.work, self.result, self.error = work, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as err:  # handed to the waiting caller, raised there
+            self.error = err
+
+
+_running: Optional[_Push] = None  # a push that outlived its wait; the next one waits for it first
+
+
+def _within(timeout_s: float, work: Callable[[], dict]) -> dict:
+    """``work()`` (a push), waited for at most ``timeout_s`` seconds; StagePending past that. The late push
+    goes on in the background; pushes are idempotent, so when the next push (or scripts/push.py) finds it
+    on the Hub it records it without a new commit."""
+    global _running
+    started = time.monotonic()
+    if _running is not None:
+        _running.join(timeout_s)
+        if _running.is_alive():
+            raise StagePending(f"the previous push is still running after {timeout_s:g} s (hub.push_timeout_s)")
+        _running = None
+    push = _Push(work)
+    push.start()
+    push.join(max(0.0, timeout_s - (time.monotonic() - started)))
+    if push.is_alive():
+        _running = push
+        raise StagePending(f"the push took longer than hub.push_timeout_s={timeout_s:g} s; it goes on in the "
+                           "background and is recorded by the next push (or scripts/push.py)")
+    if push.error is not None:
+        raise push.error
+    return push.result
 
 
 class PushStage:

@@ -42,7 +42,16 @@ def test_a_pushed_lora_reproduces_the_chains_sample_and_continues_fused(local_hu
     proc = cli("--config", str(LORA), f"output_dir={run}", f"model.pretrained={BASE_REPO}",
                f"hub.repo_id={CHAIN_REPO}", *ONE_GEN)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "gen_00/pytorch_lora_weights.safetensors" in local_hub.repo(CHAIN_REPO).files()
+    files = local_hub.repo(CHAIN_REPO).files()
+    assert "gen_00/pytorch_lora_weights.safetensors" in files
+    from safetensors.torch import load as load_bytes
+
+    from chain_of_diffusion.models.lora import kohya_state
+
+    kohya = load_bytes(files["gen_00/kohya_lora.safetensors"])  # the export for ComfyUI / A1111, beside it
+    expected = kohya_state(run / "gen_00" / "model")
+    assert kohya.keys() == expected.keys() and any(k.startswith("lora_unet_") for k in kohya)
+    assert all(torch.equal(kohya[k], expected[k]) for k in kohya)
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(CHAIN_REPO, token=TOKEN).data

@@ -270,3 +270,33 @@ def test_the_pushed_config_holds_no_local_paths(tmp_path):
     assert shared["output_dir"] == "cats" and shared["data"]["path"] == "my_cats"
     assert shared["model"]["pretrained"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"  # a Hub id stays
     assert text.startswith("# local paths cut to their last part: output_dir, data.path")
+
+
+def test_a_slow_push_is_waited_for_at_most_its_timeout_and_finishes_in_the_background(tmp_path, monkeypatch):
+    # the other processes wait at the push stage's barrier: a push must not keep them there for the
+    # process group's timeout (600 s on NCCL); it is left pending and ends on its own thread
+    import threading
+    import time
+
+    from chain_of_diffusion import hub
+    from chain_of_diffusion.config import load_config
+    from chain_of_diffusion.stages import push
+    from chain_of_diffusion.stages.base import StagePending
+
+    release, finished = threading.Event(), []
+
+    def slow_push(run, generation, cfg, api):
+        release.wait(10)
+        finished.append(generation)
+        return {"generation": generation}
+
+    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    monkeypatch.setattr(hub, "push_generation", slow_push)
+    cfg = load_config([], [f"hub.repo_id={REPO}", "hub.push_timeout_s=0.3"])
+    started = time.monotonic()
+    with pytest.raises(StagePending, match="longer than hub.push_timeout_s=0.3 s"):
+        push.push_into(None, 0, cfg, tmp_path, api=object())
+    assert time.monotonic() - started < 3 and finished == []
+    release.set()  # the Hub answers at last: the late push ends, and the next one waits for it first
+    assert push.push_into(None, 1, cfg, tmp_path, api=object()) == {"generation": 1}
+    assert finished == [0, 1] and json.loads((tmp_path / push.RECORD).read_text()) == {"generation": 1}
