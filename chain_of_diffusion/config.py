@@ -312,9 +312,6 @@ def _validate_hub(cfg: ChainConfig) -> None:
         if not _HUB_REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or len(repo.split("/")[1]) > 96:
             raise ConfigError(f"config key 'hub.repo_id': {repo!r} is not a Hub repo id; give namespace/name "
                               "(e.g. my-name/digits-chain)")
-    if h.push_samples == "all":
-        raise ConfigError("config key 'hub.push_samples': 'all' (every sample as a dataset repo) is not "
-                          "implemented yet; use grid or none")
     _choice("hub.push_samples", h.push_samples, HUB_PUSH_SAMPLES)
     if h.push_timeout_s <= 0:
         raise ConfigError(f"config key 'hub.push_timeout_s': must be > 0 seconds, got {h.push_timeout_s}")

@@ -397,9 +397,51 @@ def push_generation(run: RunDir, generation: int, cfg: ChainConfig, api) -> dict
     if branch:
         commit = _point_branch(api, repo_id, branch, commit, moved=committed,
                                find=lambda: _commit_of_generation(api, repo_id, cfg, row, generation))
-    return {"repo_id": repo_id, "generation": generation, "commit": commit, "branch": branch,
-            "new_commit": committed, "files_sent": sum(isinstance(o, CommitOperationAdd) for o in operations),
-            "files_deleted": len(stale)}
+    result = {"repo_id": repo_id, "generation": generation, "commit": commit, "branch": branch,
+              "new_commit": committed, "files_sent": sum(isinstance(o, CommitOperationAdd) for o in operations),
+              "files_deleted": len(stale)}
+    if cfg.hub.push_samples == "all":
+        result["samples_repo"], result["samples_commit"] = push_sample_set(run, generation, cfg, api)
+    return result
+
+
+def samples_repo(cfg: ChainConfig) -> str:
+    return f"{cfg.hub.repo_id}-samples"
+
+
+def samples_card(cfg: ChainConfig, generations: list[int]) -> str:
+    """The dataset card: one config per generation (``load_dataset(repo, "gen_03")``), each an imagefolder."""
+    from huggingface_hub import DatasetCardData
+
+    configs = [{"config_name": folder_name(g), "data_files": [{"split": "train", "path": f"{folder_name(g)}/*"}]}
+               for g in generations]
+    data = DatasetCardData(tags=TAGS, configs=configs)
+    return (f"---\n{data.to_yaml()}\n---\n\n# Samples of the chain {cfg.hub.repo_id}\n\n"
+            "Every generation's image set, one config each: `load_dataset(repo, \"gen_03\")` gives the images with "
+            "their captions (`text`) and provenance (`seed`, `generation`, `source`).\n")
+
+
+def push_sample_set(run: RunDir, generation: int, cfg: ChainConfig, api) -> tuple[str, Optional[str]]:
+    """Put generation ``generation``'s samples (an imagefolder: images + metadata.jsonl) under ``gen_XX/`` of
+    the dataset repo ``<repo_id>-samples``, one commit where anything changed; (repo, commit or None)."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.hf_api import RepoFile
+
+    repo = samples_repo(cfg)
+    api.create_repo(repo, repo_type="dataset", private=cfg.hub.private, exist_ok=True)
+    tree = {e.path: e for e in api.list_repo_tree(repo, repo_type="dataset", recursive=True) if isinstance(e, RepoFile)}
+    folder = run.stage_path(generation, "samples")
+    local: dict[str, Path | bytes] = {f"{folder_name(generation)}/{p.name}": p for p in sorted(folder.iterdir())
+                                      if p.is_file() and not p.name.startswith(".")}
+    gens = sorted({int(m.group(1)) for p in [*tree, *local] if (m := _GEN_FOLDER.match(p))})
+    local["README.md"] = samples_card(cfg, gens).encode()
+    operations = [CommitOperationAdd(path, content) for path, content in sorted(local.items())
+                  if not same_bytes(content, tree.get(path))]
+    if not operations:
+        return repo, None
+    info = api.create_commit(repo, operations, repo_type="dataset",
+                             commit_message=f"gen {generation:02d}: {len(local) - 1} files of samples")
+    return repo, info.oid
 
 
 def _stale(tree: dict, local: dict, generation: int, newest: bool) -> list[str]:

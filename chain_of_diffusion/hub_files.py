@@ -61,7 +61,7 @@ def generation_files(run: RunDir, cfg: ChainConfig, generation: int) -> dict[str
     folder = folder_name(generation)
     files = {f"{folder}/{rel}": path for rel, path in model_files(run, generation).items()}
     grid = run.gen(generation) / "grid.png"
-    if cfg.hub.push_samples == "grid" and grid.is_file():
+    if cfg.hub.push_samples in ("grid", "all") and grid.is_file():
         files[f"{folder}/grid.png"] = grid
     metrics = run.gen(generation) / "metrics.json"
     if not metrics.is_file():

@@ -29,7 +29,7 @@ REAL_FRACTION_SCHEDULES = ("constant", "linear_decay", "exponential_decay")
 SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent")
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
 ON_ERROR = ("error", "skip")
-HUB_PUSH_SAMPLES = ("none", "grid")  # "all" (a dataset repo of every sample) is refused for now
+HUB_PUSH_SAMPLES = ("none", "grid", "all")  # all: also every sample, as a dataset repo <repo_id>-samples
 # Names users put in ``metrics.names`` (docs: README "Evaluation"; metrics/suite.py computes them).
 # Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
 # fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
@@ -209,7 +209,7 @@ class HubConfig:
     repo_id: Optional[str] = None  # namespace/name; null = no push
     private: bool = True  # a repo the push creates is private
     branch_per_generation: bool = True  # also a branch gen-XX at the commit that pushed generation XX
-    push_samples: str = "grid"  # none | grid (gen_XX/grid.png); all (a dataset repo) is not implemented yet
+    push_samples: str = "grid"  # none | grid (gen_XX/grid.png) | all (also the samples: dataset <repo_id>-samples)
     overwrite: bool = False  # push into a repo whose card holds another chain's lineage
     # the longest the chain waits for one push (the other processes wait at a barrier meanwhile; NCCL's
     # process-group timeout is 600 s); a push still running then finishes in the background, left pending

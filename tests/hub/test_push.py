@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE, call_main, cli, load_script
 from local_hub import TOKEN, USER, HubError, local_hub_fixture  # noqa: F401
+from PIL import Image
 
 REPO = f"{USER}/digits-chain"
 UNET = "unet/diffusion_pytorch_model.safetensors"
@@ -211,7 +212,7 @@ def test_bad_hub_input_is_one_line_before_any_work(local_hub, template, tmp_path
     out = tmp_path / "never"
     for override, words in [("hub.repo_id=bad", "config key 'hub.repo_id': 'bad' is not a Hub repo id"),
                             ("hub.repo_id=a/b@gen-01", "is not a Hub repo id"),
-                            ("hub.push_samples=all", "not implemented yet"),
+                            ("hub.push_samples=every", "'hub.push_samples'"),
                             (f"hub.repo_id={REPO}", "needs a Hugging Face token")]:  # the fixture leaves no token
         proc = cli("--config", str(SMOKE), f"output_dir={out}", override)
         assert proc.returncode == 2 and words in proc.stderr, (override, proc.stderr)
@@ -300,3 +301,26 @@ def test_a_slow_push_is_waited_for_at_most_its_timeout_and_finishes_in_the_backg
     release.set()  # the Hub answers at last: the late push ends, and the next one waits for it first
     assert push.push_into(None, 1, cfg, tmp_path, api=object()) == {"generation": 1}
     assert finished == [0, 1] and json.loads((tmp_path / push.RECORD).read_text()) == {"generation": 1}
+
+
+def test_push_samples_all_makes_a_dataset_repo_that_load_dataset_reads(local_hub, template, tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    run = _copy(template, tmp_path)
+    assert _chain(run, "hub.push_samples=all").returncode == 0
+    repo = local_hub.repo(f"{REPO}-samples", repo_type="dataset")
+    records = [json.loads(line) for line in (run / "gen_01" / "samples" / "metadata.jsonl").read_text().splitlines()]
+    files = repo.files()
+    assert all(f"gen_01/{r['file_name']}" in files for r in records) and "gen_01/metadata.jsonl" in files
+    assert len(repo.history()) == 3  # one commit per generation (and the initial one)
+    # a user elsewhere: datasets reads a generation with its captions and provenance
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", huggingface_hub.constants.ENDPOINT)
+    ds = datasets.load_dataset(f"{REPO}-samples", "gen_01", split="train", token=TOKEN,
+                               cache_dir=str(tmp_path / "datasets"))
+    assert len(ds) == len(records) and ds[0]["text"] == records[0]["text"] and "seed" in ds.column_names
+    assert ds[0]["image"].size == Image.open(run / "gen_01" / "samples" / records[0]["file_name"]).size
+    assert _chain(run, "hub.push_samples=all").returncode == 0
+    assert len(repo.history()) == 3  # pushed again unchanged: no new commit
