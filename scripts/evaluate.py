@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
             mcfg = load_config([], FOLDER_DEFAULTS + args.set).metrics
             names = args.metrics or FOLDER_METRICS
-            check_metric_weights(mcfg, names, every_space=True)
+            check_metric_weights(mcfg, names)
             result, notes = evaluate_folders(args.real, args.fake, names, mcfg, train_dir=args.train)
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)

@@ -110,14 +110,3 @@ def test_an_open_clip_failure_is_one_sentence_cut_at_a_word_and_logs_nothing(tmp
     with pytest.raises(ClipWeightsError):
         load_clip("ViT-B-32", str(bad))
     assert "ERROR:root" not in capfd.readouterr().err
-
-
-def test_evaluate_folders_checks_clip_weights_before_reading_images(tmp_path):
-    from conftest import call_main, load_script
-
-    for name in ("real", "fake"):
-        (tmp_path / name).mkdir()
-    proc = call_main(load_script("evaluate").main, "--real", tmp_path / "real", "--fake", tmp_path / "fake",
-                     "--metrics", "clip_score", "--set", f"metrics.clip_pretrained={tmp_path / 'none.pt'}")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "metrics.clip_pretrained" in proc.stderr
