@@ -231,33 +231,6 @@ def spec_overrides(spec: BaseSpec) -> list[str]:
             if getattr(spec, f.name) != getattr(default, f.name)]
 
 
-def caption_accuracy_sweep(spec: BaseSpec, folder: Path, scales: list[float], per_class: int = 50,
-                           steps: int = 20, seed: int = 0) -> dict[float, float]:
-    """Caption accuracy of the base at each CFG scale: ``per_class`` samples per caption of its
-    pretraining set (``steps`` DDIM steps), classified by a classifier trained on those real images."""
-    import torch
-
-    from chain_of_diffusion.config import SampleConfig
-    from chain_of_diffusion.generate import render
-    from chain_of_diffusion.metrics.classifier import accuracy, train_classifier
-    from chain_of_diffusion.models.build import load_model
-    from chain_of_diffusion.seeding import derive_seed
-
-    images, captions, labels = pretraining_set(spec)
-    classifier = train_classifier(images, torch.tensor(labels), steps=600, seed=derive_seed(seed, "sweep-classifier"))
-    label_of = dict(zip(captions, labels))
-    unique = sorted(label_of)
-    requests = [{"index": i, "text": text, "seed": derive_seed(seed, "sweep", i)}
-                for i, text in enumerate(t for t in unique for _ in range(per_class))]
-    truth = torch.tensor([label_of[r["text"]] for r in requests])
-    model = load_model(folder)
-    out = {}
-    for scale in scales:
-        samples = render(model, requests, SampleConfig(steps=steps, guidance_scale=scale))
-        out[scale] = accuracy(classifier, samples, truth)
-    return out
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m chain_of_diffusion.bases [key=value ...]``: build one base into its cache folder
     (what :func:`ensure_base` runs); scripts/pretrain_base.py is the command for people."""

@@ -24,7 +24,6 @@ from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package
     FLOW_SAMPLERS,
     GUIDANCE_SCHEDULES,
     HUB_PUSH_SAMPLES,
-    LABELLED_SOURCES,
     METRIC_NAMES,
     MIX_POLICIES,
     MIXED_PRECISION,
@@ -52,6 +51,7 @@ from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package
     SelectConfig,
     TrainConfig,
     VectorConfig,
+    has_labels,
 )
 
 
@@ -320,11 +320,6 @@ def _validate_hub(cfg: ChainConfig) -> None:
 # metrics that look at pictures (pretrained image networks, colour and frequency statistics)
 IMAGE_ONLY_METRICS = ("fid_inception", "kid_inception", "fd_clip", "clip_score", "fd_dinov2",
                       "saturation", "hf_energy", "sharpness")
-
-
-def has_labels(data: DataConfig) -> bool:
-    """Whether every example of the source has a class label (the classifier, caption_accuracy)."""
-    return data.source in LABELLED_SOURCES or (data.source in ("imagefolder", "csv", "hf") and bool(data.label_column))
 
 
 def vector_dim(data: DataConfig) -> Optional[int]:

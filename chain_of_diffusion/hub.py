@@ -239,7 +239,7 @@ def _load_snippet(cfg: ChainConfig, repo_id: str, generation: int) -> str:
     where = (f'revision="{revision_name(generation)}"' if cfg.hub.branch_per_generation
              else f'subfolder="{folder_name(generation)}"')
     if cfg.train.mode == "lora" and parse_ref(cfg.model.pretrained):  # the base is another chain's generation
-        return ("from chain_of_diffusion.models.continued import load_generation  # pip install chain-of-diffusion\n\n"
+        return ("from chain_of_diffusion.models.pretrained import load_generation  # pip install chain-of-diffusion\n\n"
                 f'model = load_generation("{repo_id}@{revision_name(generation)}")  # its base included, fused')
     if cfg.train.mode == "lora":
         base = _base_model(cfg) or "path/to/the/base/pipeline"

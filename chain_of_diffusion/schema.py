@@ -84,6 +84,11 @@ class DataConfig:
     vectors: VectorConfig = field(default_factory=VectorConfig)  # data.source gaussian | gmm
 
 
+def has_labels(data: DataConfig) -> bool:
+    """Whether every example of the source has a class label (the classifier, caption_accuracy)."""
+    return data.source in LABELLED_SOURCES or (data.source in ("imagefolder", "csv", "hf") and bool(data.label_column))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     pretrained: Optional[str] = None  # a diffusers pipeline folder or Hub id; null = build model.arch

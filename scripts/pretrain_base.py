@@ -14,6 +14,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def caption_accuracy_sweep(spec, folder: Path, scales: list[float], per_class: int = 50,
+                           steps: int = 20, seed: int = 0) -> dict[float, float]:
+    """Caption accuracy of the base at each CFG scale: ``per_class`` samples per caption of its
+    pretraining set (``steps`` DDIM steps), classified by a classifier trained on those real images."""
+    import torch
+
+    from chain_of_diffusion.bases import pretraining_set
+    from chain_of_diffusion.config import SampleConfig
+    from chain_of_diffusion.generate import render
+    from chain_of_diffusion.metrics.classifier import accuracy, train_classifier
+    from chain_of_diffusion.models.build import load_model
+    from chain_of_diffusion.seeding import derive_seed
+
+    images, captions, labels = pretraining_set(spec)
+    classifier = train_classifier(images, torch.tensor(labels), steps=600, seed=derive_seed(seed, "sweep-classifier"))
+    label_of = dict(zip(captions, labels))
+    unique = sorted(label_of)
+    requests = [{"index": i, "text": text, "seed": derive_seed(seed, "sweep", i)}
+                for i, text in enumerate(t for t in unique for _ in range(per_class))]
+    truth = torch.tensor([label_of[r["text"]] for r in requests])
+    model = load_model(folder)
+    out = {}
+    for scale in scales:
+        samples = render(model, requests, SampleConfig(steps=steps, guidance_scale=scale))
+        out[scale] = accuracy(classifier, samples, truth)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=50, help="sweep: samples per caption")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the preset's spec")
     args = p.parse_args(argv)
-    from chain_of_diffusion.bases import caption_accuracy_sweep, ensure_base, spec_of, spec_with
+    from chain_of_diffusion.bases import ensure_base, spec_of, spec_with
     from chain_of_diffusion.cli import quiet_libraries
     from chain_of_diffusion.errors import BAD_INPUT
 

@@ -35,7 +35,7 @@ def test_run_directory_layout(finished_run: Path):
         assert isinstance(rows[1][key], float) and math.isfinite(rows[1][key]), key
     assert rows[0]["real_share"] == 1.0 and rows[1]["real_share"] == 0.0
     page = (finished_run / "report.html").read_text()
-    assert "Columns, left to right: a handwritten digit" in page
+    assert '<div class="captions"><span>a handwritten digit' in page  # the captions head the grid's columns
     for rel in ("reference/grid.png", "gen_00/grid.png", "gen_01/grid.png", "report_files/fd_classifier.png"):
         assert f'src="{rel}"' in page and (finished_run / rel).is_file(), rel
     state = json.loads((finished_run / "state.json").read_text())

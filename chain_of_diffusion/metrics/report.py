@@ -69,11 +69,111 @@ def numeric_metrics(rows: list[dict]) -> list[str]:
     return names
 
 
+# which way is better, for the headline and the curves' axes (metrics not listed have no better side here)
+LOWER_IS_BETTER = ("fd_", "fid_", "kid_")  # prefixes: distances to the real data
+HIGHER_IS_BETTER = ("caption_accuracy", "precision", "recall", "density", "coverage", "clip_score",
+                    "mode_share", "modes_hit")
+
+
+def direction(name: str) -> str | None:
+    """"lower" or "higher" (is better) for the metric ``name``; None where neither is."""
+    if name.startswith(LOWER_IS_BETTER) and not name.endswith("_std"):
+        return "lower"
+    if name in HIGHER_IS_BETTER:
+        return "higher"
+    return None
+
+
+def headline_names(rows: list[dict]) -> list[str]:
+    """The chain's main metrics, in this order where reported: the Fréchet distance in use, caption
+    adherence (labels), precision and recall."""
+    names = numeric_metrics(rows)
+    fd = [n for n in names if n.startswith(("fd_", "fid_")) and "_" not in n.removeprefix("fd_").removeprefix("fid_")]
+    return fd[:1] + [n for n in ("caption_accuracy", "precision", "recall") if n in names]
+
+
+def curve_names(rows: list[dict]) -> list[str]:
+    """The metrics worth a curve: the headline first, then the others; no bookkeeping counts and no
+    metric that never moved (memorization at 0 in every generation)."""
+    names = [n for n in numeric_metrics(rows) if n not in BOOKKEEPING and n != "real_share"]  # the mix's, not quality
+    moving = [n for n in names if len(rows) < 2 or len({r.get(n) for r in rows if _is_number(r.get(n))}) > 1]
+    head = [n for n in headline_names(rows) if n in moving]
+    return head + [n for n in moving if n not in head]
+
+
+def _change_sentence(name: str, first: float, last: float, gens: int, reference) -> str:
+    better = direction(name)
+    moved = "rose" if last > first else "fell" if last < first else "stayed"
+    verdict = ""
+    if better and last != first:
+        verdict = ": better" if (last < first) == (better == "lower") else ": worse"
+    ref = f"; real data: {reference:.4g}" if _is_number(reference) else ""
+    how = f"{better} is better" if better else "no better side"
+    span = f"from {first:.4g} at generation 0 to {last:.4g} at generation {gens}" if moved != "stayed" else \
+        f"at {first:.4g} from generation 0 to {gens}"
+    return f"{name} {moved} {span} ({how}{ref}){verdict}."
+
+
+def _headline(rows: list[dict]) -> str:
+    """The panel at the top: each main metric's last value, its direction and what changed since generation 0."""
+    names = headline_names(rows)
+    if not rows or not names:
+        return ""
+    last_gen = rows[-1].get("generation", len(rows) - 1)
+    cards, sentences = [], []
+    for name in names:
+        values = [r[name] for r in rows if _is_number(r.get(name))]
+        refs = [r[name + REFERENCE_SUFFIX] for r in rows if _is_number(r.get(name + REFERENCE_SUFFIX))]
+        better = direction(name)
+        arrow = {"lower": "&#8595; lower is better", "higher": "&#8593; higher is better"}.get(better, "")
+        cards.append(f'<div class="card"><div class="name">{html.escape(name)}</div>'
+                     f'<div class="value">{values[-1]:.4g}</div><div class="dir">{arrow}</div>'
+                     + (f'<div class="ref">real data: {refs[-1]:.4g}</div>' if refs else "") + "</div>")
+        sentences.append(_change_sentence(name, values[0], values[-1], last_gen, refs[-1] if refs else None))
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    return (f'<div id="headline"><h2>Generation {last_gen} against generation 0</h2>'
+            f'<div class="cards">{"".join(cards)}</div><ul>{items}</ul></div>')
+
+
+def _run_facts(run_dir: Path, rows: list[dict]) -> str:
+    """Date, commit, versions, seed, device and the seconds per stage, from env.json, config.yaml, state.json."""
+    import datetime
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    env, state = read("env.json"), read("state.json")
+    facts = []
+    stamp = run_dir / "metrics.jsonl"
+    if stamp.is_file():
+        facts.append(("updated", datetime.datetime.fromtimestamp(stamp.stat().st_mtime).strftime("%Y-%m-%d %H:%M")))
+    seed = re.search(r"^seed: (\d+)", (run_dir / "config.yaml").read_text(), re.M) if (run_dir / "config.yaml").is_file() else None
+    if seed:
+        facts.append(("seed", seed.group(1)))
+    if env:
+        facts.append(("device", f"{env.get('device')} x {env.get('num_processes', 1)} process(es)"))
+        facts.append(("commit", (env.get("git_commit") or "unknown")[:12]))
+        packages = env.get("packages", {})
+        facts.append(("versions", ", ".join(f"{k} {packages[k]}" for k in ("torch", "diffusers", "peft", "accelerate")
+                                           if k in packages) + f", python {env.get('python', '?')}"))
+    per_stage: dict[str, float] = {}
+    for stages in state.get("seconds", {}).values():
+        for stage, seconds in stages.items():
+            per_stage[stage] = per_stage.get(stage, 0.0) + seconds
+    if per_stage:
+        facts.append(("seconds per stage, all generations", ", ".join(f"{k} {v:.0f}" for k, v in per_stage.items())))
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    return f'<table class="facts">{cells}</table>' if facts else ""
+
+
 def _safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "metric"
 
 
-def plot_metric_curves(rows: list[dict], out_dir: Path) -> list[Path]:
+def plot_metric_curves(rows: list[dict], out_dir: Path, names: list[str] | None = None) -> list[Path]:
     """One PNG per numeric metric: value against generation, with a dashed line at
     ``<metric>_reference`` when the rows carry one (e.g. real train vs held-out).
 
@@ -93,7 +193,7 @@ def plot_metric_curves(rows: list[dict], out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     rows = sorted((r for r in rows if _is_number(r.get("generation"))), key=lambda r: r["generation"])
     paths = []
-    for name in numeric_metrics(rows):
+    for name in numeric_metrics(rows) if names is None else names:
         points = [(r["generation"], r[name]) for r in rows if _is_number(r.get(name))]
         # The reference is a property of the chain, not of a generation: the latest one wins.
         refs = [r[name + REFERENCE_SUFFIX] for r in rows if _is_number(r.get(name + REFERENCE_SUFFIX))]
@@ -106,7 +206,8 @@ def plot_metric_curves(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("generation")
         ax.set_ylabel(name)
-        ax.set_title(name)
+        better = direction(name)
+        ax.set_title(f"{name} ({better} is better)" if better else name)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
         fig.tight_layout()
@@ -185,7 +286,8 @@ def _metrics_table(rows: list[dict]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(_format_cell(row.get(c)))}</td>" for c in columns) + "</tr>"
         for row in rows
     )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return (f'<div class="scroll"><table class="metrics">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
+            "</tbody>\n</table></div>")
 
 
 def _img(rel_path: str, alt: str, css_class: str) -> str:
@@ -203,6 +305,16 @@ th {{ background: #f2f2f2; }}
 .grid-row h3 {{ margin: 0.2em 0; font-size: 1em; }}
 img.grid {{ width: {GRID_DISPLAY_WIDTH_PX}px; image-rendering: pixelated; image-rendering: crisp-edges; }}
 pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }}
+table.metrics th {{ white-space: normal; word-break: break-word; max-width: 7em; font-size: 0.8em; }}
+table.metrics td {{ font-size: 0.85em; }}
+table.facts th {{ text-align: left; }}
+#headline .cards {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
+#headline .card {{ border: 1px solid #ccc; border-radius: 6px; padding: 0.5em 1em; min-width: 10em; }}
+#headline .value {{ font-size: 1.8em; font-weight: bold; }}
+#headline .name, #headline .dir, #headline .ref {{ font-size: 0.85em; color: #555; }}
+.captions {{ display: flex; width: {GRID_DISPLAY_WIDTH_PX}px; }}
+.captions span {{ flex: 1 1 0; font-size: 0.7em; text-align: center; overflow-wrap: anywhere; padding: 0 2px; }}
 """
 
 
@@ -217,6 +329,8 @@ def render_report(
         f"<title>{html.escape(title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        _run_facts(run_dir, rows),
+        _headline(rows),
         "<h2>Metrics</h2>",
     ]
     if rows:
@@ -231,11 +345,11 @@ def render_report(
     if grids:
         parts.append("<p>Every row uses the same captions and seeds.</p>")
         captions = _grid_captions(run_dir)
-        if captions:
-            parts.append(f"<p>Columns, left to right: {html.escape(' | '.join(captions))}</p>")
+        header = ('<div class="captions">' + "".join(f"<span>{html.escape(c)}</span>" for c in captions) + "</div>"
+                  if captions else "")
         for label, rel in grids:
             parts.append(
-                f'<div class="grid-row"><h3>{html.escape(label)}</h3>{_img(rel, label, "grid")}</div>'
+                f'<div class="grid-row"><h3>{html.escape(label)}</h3>{header}{_img(rel, label, "grid")}</div>'
             )
     else:
         parts.append("<p>No image grids yet.</p>")
@@ -251,7 +365,7 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    curves = plot_metric_curves(rows, run_dir / FILES_DIR) if rows else []
+    curves = plot_metric_curves(rows, run_dir / FILES_DIR, curve_names(rows)) if rows else []
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else "(no config.yaml)"
     page = render_report(run_dir, rows, curves, _generation_grids(run_dir), config_text)

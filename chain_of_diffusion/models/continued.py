@@ -4,19 +4,17 @@ base of a new chain, to continue it or to start a branch of it.
 The generation's files are read from ``gen_03/`` on the repo's ``main`` (there whether or not the chain
 pushed a branch per generation), with the card's machine-readable lineage (its ``chain`` block). A fully
 trained generation is a model folder and loads as it is; a LoRA generation is fused into its chain's base
-(``chain.base_model``, loaded as any ``model.pretrained``), so the new chain's LoRAs start from it.
+(``chain.base_model``, loaded as any ``model.pretrained``), so the new chain's LoRAs start from it
+(:func:`chain_of_diffusion.models.pretrained.load_generation`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from chain_of_diffusion.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    from chain_of_diffusion.models.build import T2IModel
 
 _REF = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)@gen-(?P<generation>\d+)$")
 CARD = "README.md"
@@ -62,24 +60,6 @@ def fetch_generation(name: str) -> tuple[Path, dict]:
         have = ", ".join(f"gen-{g:02d}" for g in pushed) or "none"
         raise ModelLoadError(f"model.pretrained: {name}: {repo} has no generation {generation} (pushed: {have})")
     return root / folder, chain
-
-
-def load_generation(name: str) -> T2IModel:
-    """The model of generation ``name`` refers to, with a LoRA generation fused into its chain's base."""
-    from chain_of_diffusion.models.build import load_model
-    from chain_of_diffusion.models.lora import fuse_saved_lora
-    from chain_of_diffusion.models.pretrained import load_pretrained
-
-    folder, chain = fetch_generation(name)
-    if chain.get("train_mode") != "lora":
-        return load_model(folder)
-    base = chain.get("base_model")
-    if not base:
-        raise ModelLoadError(f"model.pretrained: {name} is a LoRA on a base that is not on the Hub (a local "
-                             "pipeline); only LoRA chains on a Hub base can be continued from the Hub")
-    model = load_pretrained(base)
-    fuse_saved_lora(model.unet, folder)
-    return model
 
 
 def continued_from(name: Optional[str]) -> Optional[dict]:

@@ -146,7 +146,7 @@ def load_pretrained(name: str) -> T2IModel:
     the pipeline's scheduler config, so training matches how the model was pretrained.
     """
     from chain_of_diffusion.models.build import load_model
-    from chain_of_diffusion.models.continued import load_generation, parse_ref
+    from chain_of_diffusion.models.continued import parse_ref
 
     if parse_ref(name):
         return load_generation(name)
@@ -159,6 +159,24 @@ def load_pretrained(name: str) -> T2IModel:
             f"model.pretrained: {folder}: scheduler prediction_type {prediction!r} is not supported "
             "(epsilon or v_prediction)"
         )
+    return model
+
+
+def load_generation(name: str) -> T2IModel:
+    """The model of generation ``name`` refers to, with a LoRA generation fused into its chain's base."""
+    from chain_of_diffusion.models.build import load_model
+    from chain_of_diffusion.models.continued import fetch_generation
+    from chain_of_diffusion.models.lora import fuse_saved_lora
+
+    folder, chain = fetch_generation(name)
+    if chain.get("train_mode") != "lora":
+        return load_model(folder)
+    base = chain.get("base_model")
+    if not base:
+        raise ModelLoadError(f"model.pretrained: {name} is a LoRA on a base that is not on the Hub (a local "
+                             "pipeline); only LoRA chains on a Hub base can be continued from the Hub")
+    model = load_pretrained(base)
+    fuse_saved_lora(model.unet, folder)
     return model
 
 

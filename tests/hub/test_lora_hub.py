@@ -33,7 +33,7 @@ def test_a_pushed_lora_reproduces_the_chains_sample_and_continues_fused(local_hu
                                                                          monkeypatch):
     from diffusers import StableDiffusionPipeline
 
-    from chain_of_diffusion.models.continued import load_generation
+    from chain_of_diffusion.models.pretrained import load_generation
     from chain_of_diffusion.processes.ddpm import make_scheduler
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)

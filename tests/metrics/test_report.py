@@ -69,7 +69,9 @@ def test_write_report_references_every_grid_and_curve(tmp_path):
     assert "generation 2" in page and ">real<" in page
     assert "image-rendering: pixelated" in page
     assert "&lt;runs &amp; stuff&gt;" in page  # config shown, escaped
-    assert page.count("<tr>") == 1 + 3  # header + one row per generation
+    assert page.split('class="metrics"')[1].count("<tr>") == 1 + 3  # header + one row per generation
+    # the headline: the Fréchet distance against the real data, its direction, what changed
+    assert "fd_classifier rose from 10 at generation 0 to 30 at generation 2 (lower is better; real data: 3.5): worse." in page
     assert not list(run_dir.glob("**/*.tmp")) and not list(run_dir.glob(".*"))
 
 
@@ -87,5 +89,5 @@ def test_write_report_skips_torn_last_line(tmp_path):
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"generation": 0, "entropy": 1.5}\n{"generation": 1, "entr')
     page = write_report(run_dir).read_text()
-    assert page.count("<tr>") == 2
+    assert page.split('class="metrics"')[1].count("<tr>") == 2
     assert (run_dir / "report_files" / "entropy.png").is_file()

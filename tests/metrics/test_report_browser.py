@@ -25,9 +25,14 @@ window.addEventListener("load", () => {
     head: [...t.querySelectorAll("thead th")].map(th => th.textContent),
     rows: [...t.querySelectorAll("tbody tr")].map(tr => [...tr.cells].map(td => td.textContent)),
     shown: t.getBoundingClientRect().height > 0}));
+  const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, top: r.top}; };
+  const headline = document.getElementById("headline");
+  const heads = [...document.querySelectorAll("table.metrics thead th")];
+  const layout = {width: window.innerWidth, headline: headline ? box(headline) : null,
+                  headlineText: headline ? headline.textContent : "", lastColumn: heads.length ? box(heads.at(-1)) : null};
   const out = document.createElement("pre");
   out.id = "probe";
-  out.textContent = JSON.stringify({imgs, tables});
+  out.textContent = JSON.stringify({imgs, tables, layout});
   document.body.appendChild(out);
 });
 </script>
@@ -98,9 +103,15 @@ def test_report_parses_and_every_image_decodes_without_a_browser(finished_run):
         with Image.open(path) as im:
             im.load()  # decodes the whole file
             assert im.width > 0 and im.height > 0, img["src"]
-    (table,) = parser.tables
+    table = parser.tables[-1]  # the run facts, then the metrics
     rows = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     _check_table(table, rows)
+    page = (finished_run / "report.html").read_text()
+    # the headline before the table, with the direction; bookkeeping only in the table, not as curves
+    assert page.index('id="headline"') < page.index('class="metrics"')
+    assert "lower is better" in page and ("fd_classifier rose from" in page or "fd_classifier fell from" in page)
+    assert not any(i["src"].endswith(("num_train_images.png", "num_skipped_files.png")) for i in curves)
+    assert "commit" in page and "seconds per stage" in page
 
 
 @pytest.mark.slow  # the default tier parses the same page without a browser (above)
@@ -111,7 +122,7 @@ def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
     page = (run / "report.html").read_text()
     probe = run / "report_probe.html"
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
-    proc = _chromium("--dump-dom", probe.as_uri())
+    proc = _chromium("--dump-dom", "--window-size=1200,1600", probe.as_uri())
     match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert match, proc.stderr[-2000:]
     probed = json.loads(html.unescape(match.group(1)))
@@ -122,8 +133,13 @@ def test_report_loads_every_image_and_screenshots(finished_run, tmp_path):
     broken = [i["src"] for i in images if not i["ok"]]
     assert not broken, f"images that did not load: {broken}"
     # the metrics table as the browser laid it out: one row per generation, values as in metrics.jsonl
-    (table,) = probed["tables"]
+    table = probed["tables"][-1]  # the run facts, then the metrics
     assert table["shown"] and table["head"][0] == "generation"
+    # what a screenshot at 1200 x 1600 shows: the headline with the Fréchet distance, and the table's last column
+    layout = probed["layout"]
+    assert layout["width"] == 1200 and "fd_classifier" in layout["headlineText"]
+    assert 0 <= layout["headline"]["top"] < 1600 and layout["headline"]["right"] <= 1200
+    assert layout["lastColumn"]["right"] <= 1200 and layout["lastColumn"]["top"] < 1600
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     _check_table(table, rows)
 
