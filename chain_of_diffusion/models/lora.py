@@ -55,8 +55,12 @@ def add_lora(net: torch.nn.Module, cfg: TrainConfig, seed: int, *, text_encoder:
 
 
 def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """The adapter's weights with diffusers' key names (no ``unet.`` prefix)."""
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+    """The adapter's weights in peft's key names (``...to_q.lora_A.weight``; no ``unet.`` prefix), which
+    diffusers' loaders read as they are. Not converted to the older ``lora.down``/``lora.up`` names:
+    diffusers converts only linear layers, so an adapter on convolutions too came out with two key styles,
+    and its loader then dropped every linear layer's weights (a LoRA on attention + resnets lost its
+    attention half at sampling)."""
+    return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

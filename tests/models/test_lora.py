@@ -99,3 +99,31 @@ def test_a_file_or_a_bad_name_is_not_a_pipeline(tmp_path):
         load_pretrained(str(tmp_path / "file.bin"))
     with pytest.raises(ModelLoadError, match="neither an existing folder nor a Hub id"):
         load_pretrained(str(tmp_path / "missing" / "deep" / "path"))
+
+
+def test_a_lora_on_attention_and_convolutions_loads_back_whole(tmp_path):
+    # diffusers' key conversion renames linear layers only: an adapter on resnet convolutions too was saved
+    # with two key styles, and the loader dropped the attention half (the quickstart's LoRA sampled without it)
+    import warnings
+
+    from chain_of_diffusion.config import ModelConfig, TrainConfig
+    from chain_of_diffusion.models.build import build_model
+    from chain_of_diffusion.models.lora import add_lora, attach_saved_lora, save_lora
+
+    cfg = TrainConfig(mode="lora", lora_rank=4, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"])
+    trained = build_model(ModelConfig(arch="tiny"), 8, seed=0)
+    add_lora(trained.unet, cfg, seed=1)
+    with torch.no_grad():
+        for name, p in trained.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(trained.unet, tmp_path, cfg)
+    loaded = build_model(ModelConfig(arch="tiny"), 8, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_saved_lora(loaded.unet, tmp_path)
+    assert not [w for w in caught if "inconsistency" in str(w.message)]
+    x, t, text = torch.randn(2, 3, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 64)
+    with torch.no_grad():
+        expected = trained.unet.eval()(x, t, encoder_hidden_states=text).sample
+        assert torch.equal(loaded.unet.eval()(x, t, encoder_hidden_states=text).sample, expected)
