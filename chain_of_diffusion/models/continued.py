@@ -26,22 +26,16 @@ def parse_ref(name: Optional[str]) -> Optional[tuple[str, int]]:
     return (match["repo"], int(match["generation"])) if match else None
 
 
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def fetch_generation(name: str) -> tuple[Path, dict]:
     """(local folder of the generation's files, the card's ``chain`` block), downloaded where missing
     and the Hub is reachable; a one-line ModelLoadError naming what is missing."""
-    from huggingface_hub import ModelCard, snapshot_download
+    from huggingface_hub import ModelCard, constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo, generation = parse_ref(name)
     folder = f"gen_{generation:02d}"
     try:
-        root = Path(snapshot_download(repo, allow_patterns=[f"{folder}/*", CARD], local_files_only=_offline()))
+        root = Path(snapshot_download(repo, allow_patterns=[f"{folder}/*", CARD], local_files_only=constants.HF_HUB_OFFLINE))
     except RepositoryNotFoundError:
         raise ModelLoadError(f"model.pretrained: {name}: no repo {repo} on the Hub (or no access to it)") from None
     except LocalEntryNotFoundError:
