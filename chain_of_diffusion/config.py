@@ -21,6 +21,7 @@ from chain_of_diffusion.errors import ConfigError
 from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package imports them from here)
     ARCHS,
     ATTENTION,
+    CHANNELS,
     FLOW_SAMPLERS,
     GUIDANCE_SCHEDULES,
     HUB_PUSH_SAMPLES,
@@ -57,7 +58,7 @@ from chain_of_diffusion.schema import (  # noqa: F401  (re-exported: the package
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def _at_least(key: str, value: Any, low: float, *, allow_none: bool = False) -> None:
@@ -107,6 +108,7 @@ def _validate_data(cfg: ChainConfig) -> None:
 
     _choice("data.source", d.source, tuple(SOURCES))
     _choice("data.on_error", d.on_error, ON_ERROR)
+    _choice("data.channels", d.channels, CHANNELS)
     _at_least("data.resolution", d.resolution, 4)
     _count_or_auto("data.num_train", d.num_train, 1, allow_none=True)
     _count_or_auto("data.num_heldout", d.num_heldout, 2)
@@ -488,9 +490,8 @@ def to_dict(cfg: ChainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-# The keys whose change makes an existing run directory a different run.  output_dir is not one
-# of them (a moved run is the same run), nor hub (where a chain is shared changes none of its
-# results: a finished run can be pushed to a repo named later); everything else is.
+# The keys whose change makes an existing run directory a different run: not output_dir (a moved run is
+# the same run), nor hub (where a chain is shared changes none of its results); everything else.
 def fingerprint_dict(cfg: ChainConfig) -> dict:
     d = to_dict(cfg)
     d.pop("output_dir")

@@ -133,6 +133,7 @@ def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None
     if folder is None and is_base_name(name):  # built before the first stage: its layout decides
         vae_scale, unet_multiple = layout_scales(spec_of(name).arch)
         check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.pretrained={name}")
+        _check_channels(cfg, 3, name)  # the bases made here are RGB
         return
     if folder is None:
         return
@@ -144,6 +145,14 @@ def check_model_files(cfg: ChainConfig, config_file: Optional[str | Path] = None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"model.pretrained: {folder}: cannot read unet/ or vae/ config.json ({err})") from None
     check_resolution(cfg.data.resolution, vae_scale, unet_multiple, f"model.pretrained={name}")
+    _check_channels(cfg, (vae or unet).get("in_channels", 3), name)  # the VAE's, or the pixel UNet's
+
+
+def _check_channels(cfg: ChainConfig, channels: int, name: str) -> None:
+    """A data.channels set by hand must be what the pretrained pipeline renders."""
+    if cfg.data.channels != "auto" and int(cfg.data.channels) != channels:
+        raise ConfigError(f"config key 'data.channels': {cfg.data.channels}, but model.pretrained={name} renders "
+                          f"{channels} channel(s); leave it at auto (the pipeline's own)")
 
 
 def run_preflight(cfg: ChainConfig, origins: Optional[dict[str, str]] = None) -> None:

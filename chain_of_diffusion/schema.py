@@ -44,6 +44,9 @@ METRIC_NAMES = (
 )
 # sources whose every example has a class label (others: where data.label_column names one)
 LABELLED_SOURCES = ("digits", "digits_bold", "fashion_mnist", "gmm")
+# sources whose images are grey: data.channels=auto trains on them with 1 channel, not 3 equal ones
+GRAYSCALE_SOURCES = ("digits", "digits_bold", "fashion_mnist")
+CHANNELS = ("auto", 1, 3)
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,22 @@ class DataConfig:
     max_images: Optional[int] = None  # cap on the images read from the source (null = all)
     on_error: str = "error"  # error | skip: what an undecodable or uncaptioned image does
     min_size: Optional[int] = None  # images with a shorter side below this are errors (or skipped); null = upscale with a warning
+    # colour channels a model built here trains and renders: 1 | 3 | auto (1 for a grayscale source, else 3,
+    # so grey data is not learned as three channels that could drift apart; a pretrained pipeline takes its own)
+    channels: Union[int, str] = "auto"
     vectors: VectorConfig = field(default_factory=VectorConfig)  # data.source gaussian | gmm
 
 
 def has_labels(data: DataConfig) -> bool:
     """Whether every example of the source has a class label (the classifier, caption_accuracy)."""
     return data.source in LABELLED_SOURCES or (data.source in ("imagefolder", "csv", "hf") and bool(data.label_column))
+
+
+def image_channels(data: DataConfig) -> int:
+    """The channels of a model built for ``data`` (``data.channels`` with ``auto`` resolved)."""
+    if data.channels != "auto":
+        return int(data.channels)
+    return 1 if data.source in GRAYSCALE_SOURCES else 3
 
 
 @dataclass(frozen=True)

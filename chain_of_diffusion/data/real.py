@@ -16,6 +16,7 @@ from chain_of_diffusion.config import ChainConfig
 from chain_of_diffusion.data.imageset import save_png, save_vectors, vector_file_name, write_metadata
 from chain_of_diffusion.data.sources import load_source
 from chain_of_diffusion.data.split import split_note, split_sizes
+from chain_of_diffusion.schema import image_channels
 from chain_of_diffusion.seeding import generator
 
 SPLITS = ("heldout", "train", "pool")
@@ -78,4 +79,8 @@ def source_line(cfg: ChainConfig, data) -> str:
         sides = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
         res = cfg.data.resolution
         parts.append(f"sides of {sides} kept at {res}x{res}" if lo == hi == res else f"sides of {sides} resized to {res}x{res}")
+    if not cfg.model.pretrained:  # a pipeline renders its own channels (preflight.py checks a data.channels set by hand)
+        channels = image_channels(cfg.data)
+        parts.append(f"trained as {'grey (1 channel)' if channels == 1 else 'RGB'}"
+                     + (" (data.channels=auto)" if cfg.data.channels == "auto" else ""))
     return f"{where}: " + ", ".join(parts)

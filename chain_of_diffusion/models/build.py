@@ -49,7 +49,8 @@ class T2IModel:
 
     @property
     def image_channels(self) -> int:
-        return 3
+        """Colour channels of the images it trains on and renders: the VAE's, else the pixel UNet's."""
+        return (self.vae or self.unet).config.get("in_channels", 3)  # points: unused
 
     @property
     def latent_channels(self) -> int:
@@ -107,25 +108,27 @@ def _text_config(cfg: ModelConfig, vocab_size: int) -> CLIPTextConfig:
 
 
 def build_unet(cfg: ModelConfig, resolution: int, cross_attention_dim: int, seed: int,
-               dim: Optional[int] = None) -> UNet2DConditionModel | VectorDenoiser:
-    """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed``; for the point layouts
-    (mlp, linear) the denoiser of ``dim``-dimensional points instead."""
+               dim: Optional[int] = None, channels: int = 3) -> UNet2DConditionModel | VectorDenoiser:
+    """A UNet of layout ``cfg.arch`` with random weights drawn from ``seed`` (``channels``: of the pixels
+    a pixel-space layout denoises); for the point layouts (mlp, linear) the denoiser of
+    ``dim``-dimensional points instead."""
     latent = cfg.arch in LATENT_ARCHS
     torch.manual_seed(seed)  # diffusers initialises from the global generator
     if cfg.arch in VECTOR_ARCHS:
         return VectorDenoiser(dim=dim, linear=cfg.arch == "linear", cross_attention_dim=cross_attention_dim)
     return UNet2DConditionModel(
         sample_size=resolution // 8 if latent else resolution,
-        in_channels=4 if latent else 3,
-        out_channels=4 if latent else 3,
+        in_channels=4 if latent else channels,
+        out_channels=4 if latent else channels,
         cross_attention_dim=cross_attention_dim,
         **UNET_LAYOUTS[cfg.arch],
     )
 
 
-def build_model(cfg: ModelConfig, resolution: int, seed: int, dim: Optional[int] = None) -> T2IModel:
+def build_model(cfg: ModelConfig, resolution: int, seed: int, dim: Optional[int] = None,
+                channels: int = 3) -> T2IModel:
     """A model of layout ``cfg.arch`` with random weights drawn from ``seed`` (``dim``: the points'
-    dimension for the point layouts)."""
+    dimension for the point layouts; ``channels``: the images' colour channels in pixel space)."""
     tokenizer = build_tokenizer()
     text_config = _text_config(cfg, len(tokenizer))
     vae = None
@@ -139,7 +142,7 @@ def build_model(cfg: ModelConfig, resolution: int, seed: int, dim: Optional[int]
             block_out_channels=(128, 256, 512, 512) if sd15 else (8, 16, 16, 16),
             layers_per_block=2 if sd15 else 1, norm_num_groups=32 if sd15 else 8, sample_size=resolution,
         )
-    unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1, dim)
+    unet = build_unet(cfg, resolution, text_config.hidden_size, seed + 1, dim, channels)
     # latent layouts take Stable Diffusion's own schedule, so a tiny_sd pipeline behaves like SD's
     schedule = (
         dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
@@ -225,7 +228,10 @@ def encode_captions(model: T2IModel, captions: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(model: T2IModel, images: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> what the UNet denoises: latents (scaled) with a VAE, else the pixels."""
+    """Pixels in [-1, 1] -> what the UNet denoises: latents (scaled) with a VAE, else the pixels, as
+    many channels as the model takes (image sets on disk are RGB; grey from RGB as PIL's ``convert("L")``)."""
+    if images.ndim == 4 and images.shape[1] != model.image_channels:
+        images = as_channels(images, model.image_channels)
     if model.vae is None:
         return images
     device = next(model.vae.parameters()).device
@@ -236,6 +242,14 @@ def encode_images(model: T2IModel, images: torch.Tensor) -> torch.Tensor:
         return (mean * model.vae.config.scaling_factor).float().cpu()
 
     return fixed_batches(encode, VAE_ROWS, images)
+
+
+def as_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, channels, H, W): RGB to luma with ITU-R 601 weights, or grey repeated."""
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+        return (images * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    return images.expand(-1, channels, -1, -1).contiguous()
 
 
 @torch.no_grad()

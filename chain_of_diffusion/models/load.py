@@ -80,7 +80,7 @@ def training_model(cfg: ChainConfig, built_base: Path, generation: int, previous
     if init == "scratch":
         model.unet = build_unet(
             cfg.model, cfg.data.resolution, model.text_encoder.config.hidden_size,
-            derive_seed(cfg.seed, "init", generation), dim=vector_dim(cfg.data),
+            derive_seed(cfg.seed, "init", generation), dim=vector_dim(cfg.data), channels=model.image_channels,
         )
     elif init == "previous" and previous is not None:
         model.unet = load_model(previous).unet

@@ -117,14 +117,14 @@ def resolve_pretrained(name: str) -> Path:
 
 
 def is_pixel_space(folder: Path) -> bool:
-    """Whether the pipeline folder's UNet denoises RGB pixels (no VAE: the bases made here)."""
+    """Whether the pipeline folder's UNet denoises pixels, RGB or grey (no VAE: the bases made here)."""
     import json
 
     try:
         config = json.loads((folder / "unet" / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return not (folder / "vae").is_dir() and config.get("in_channels") == 3
+    return not (folder / "vae").is_dir() and config.get("in_channels") in (1, 3)
 
 
 def check_complete(folder: Path, name: str) -> None:

@@ -32,6 +32,7 @@ from chain_of_diffusion.models.load import at_resolution
 from chain_of_diffusion.models.pretrained import load_pretrained, resolve_pretrained
 from chain_of_diffusion.requests import GRID_ROWS, grid_requests, grid_scale
 from chain_of_diffusion.runs import atomic_write_json
+from chain_of_diffusion.schema import image_channels
 from chain_of_diffusion.seeding import derive_seed
 from chain_of_diffusion.stages.base import StageContext
 from chain_of_diffusion.stages.evaluate import point_picture
@@ -54,7 +55,7 @@ class ReferenceStage:
                                   indent=1, sort_keys=False)
             else:
                 base = build_model(cfg.model, cfg.data.resolution, derive_seed(cfg.seed, "model"),
-                                   dim=vector_dim(cfg.data))
+                                   dim=vector_dim(cfg.data), channels=image_channels(cfg.data))
                 save_model(base, out / "base_model")
         accelerator.wait_for_everyone()
         pretrained_summary = reference_stage_features(cfg, run.real / "heldout", run.real / "train", out, accelerator,
