@@ -12,7 +12,8 @@ plus ``base.json`` (spec, format, how it was trained).
 How it is pretrained, as SD was: on a broader captioned set than the chain finetunes on (digits
 that the chain's ``digits_bold`` source never holds), with condition drop 0.1 so that classifier-
 free guidance has an unconditional model to push away from, and with the CLIP text encoder trained
-jointly (a frozen random one conditions too weakly: README "The pretrained base").
+jointly: SD freezes a CLIP encoder that already knows language, this one starts random (left frozen it
+measured as good here: docs/results.md "The base and the LoRA's targets").
 
 Building runs training in ``<hash>.partial/`` (checkpoints every 100 steps: a killed build resumes)
 and renames the finished model into place, so no half-written base is ever loaded.

@@ -30,7 +30,7 @@ SELECT_METHODS = ("none", "random", "greedy_entropy", "threshold_decay", "latent
 SELECT_FEATURES = ("auto", "pixels", "classifier", "unet", "inception", "clip", "dinov2")
 ON_ERROR = ("error", "skip")
 HUB_PUSH_SAMPLES = ("none", "grid", "all")  # all: also every sample, as a dataset repo <repo_id>-samples
-# Names users put in ``metrics.names`` (docs: README "Evaluation"; metrics/suite.py computes them).
+# Names users put in ``metrics.names`` (docs/metrics.md; metrics/suite.py computes them).
 # Here, not in the metrics package, so validating a config imports no torch; metrics re-exports it.
 # fd_classifier writes ``fd_<metrics.features>``; kid_inception also writes kid_inception_std;
 # saturation writes saturation_mean and saturation_std.

@@ -126,7 +126,7 @@ def test_stages_are_one_registry_in_run_order():
 
 
 class SampleCountStage:
-    """The README's example of a new stage."""
+    """The example of a new stage in docs/internals.md."""
 
     name, folder, when, every_process = "sample_count", "sample_count", "per_generation", False
 
