@@ -54,6 +54,21 @@ def test_a_pretrained_pipeline_renders_its_own_channels(tiny_sd_pipeline):
     check_model_files(load_config([], [f"model.pretrained={tiny_sd_pipeline}", "data.resolution=32", "train.init=base"]))
 
 
+def test_a_generation_takes_its_base_models_channels(tmp_path):
+    """A run's base model (reference/base_model) decides the channels every generation trains in: a run
+    made when every model was RGB goes on in RGB under data.channels=auto (the chain-level test: slow tier)."""
+    from chain_of_diffusion.config import ModelConfig
+    from chain_of_diffusion.models.build import build_model, encode_images, save_model
+    from chain_of_diffusion.models.load import training_model
+
+    for channels in (1, 3):
+        save_model(build_model(ModelConfig(), 16, seed=0, channels=channels), tmp_path / f"base{channels}")
+        model = training_model(load_config([], ["data.resolution=16"]), tmp_path / f"base{channels}", 0, None, torch.device("cpu"))
+        assert model.unet.config.in_channels == model.image_channels == channels
+        assert encode_images(model, torch.zeros(2, 3, 16, 16)).shape == (2, channels, 16, 16)
+
+
+@pytest.mark.slow  # the default tier checks the base model's channels decide (above)
 def test_a_run_made_before_data_channels_resumes_in_rgb(tmp_path):
     """Runs made when every model was RGB have no data.channels in their files: under auto they go on in
     RGB (their base model's channels), not as another config."""
