@@ -85,9 +85,19 @@ def _env_info(accelerator) -> dict:
         "device": str(accelerator.device),
         "num_processes": accelerator.num_processes,
         "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None,
         "git_commit": commit,
     }
+
+
+def process_group_kwargs(cfg: ChainConfig):
+    """accelerate's process-group settings: a collective that waits longer than train.process_timeout_s
+    for another process (dead, or hung) raises instead of blocking for torch's default 10-30 min."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.process_timeout_s))
 
 
 def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
@@ -270,7 +280,8 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     from chain_of_diffusion.stages import REGISTRY, StageContext
     from chain_of_diffusion.stages.base import check, enabled, on_start
 
-    accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
+                                             kwargs_handlers=[process_group_kwargs(cfg)])
     check_launch(accelerator, cfg)
     main = accelerator.is_main_process
     run = RunDir(cfg.output_dir)

@@ -54,6 +54,18 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process of the launch died or hung
+    (gloo raises RuntimeError naming itself or the closed connection, NCCL torch.distributed.DistError)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    signs = ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out", "timed out")
+    return isinstance(err, getattr(dist, "DistError", ())) or (
+        isinstance(err, RuntimeError) and any(sign in str(err) for sign in signs))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
@@ -106,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # unexpected: keep the traceback in the log, one line on the terminal
         logging.getLogger("chain_of_diffusion").exception("failed")
+        if lost_peer(err):
+            print(f"chain.py: error: process {rank} of {os.environ.get('WORLD_SIZE')} lost the others at a collective: "
+                  f"another process died, or did not answer within train.process_timeout_s="
+                  f"{cfg.train.process_timeout_s:g} s ({str(err).strip().splitlines()[0][:200]}); the launcher's summary "
+                  "names the process that failed first; re-run the same command to resume", file=sys.stderr)
+            return 1
         where = f" (traceback in {log_path})" if handler else ""
         print(f"chain.py: error: {type(err).__name__}: {err}{where}", file=sys.stderr)
         return 1

@@ -143,6 +143,11 @@ class TrainConfig:
     validation_prompts: list[str] = field(default_factory=list)  # rendered every validation_every steps
     validation_every: int = 0  # 0 = no validation images during training
     checkpoint_every: int = 500  # steps between resumable checkpoints inside a generation
+    # seconds a process waits for the others at a collective before the launch stops (one died or hung):
+    # torch.distributed's process-group timeout (its own defaults: 600 s NCCL, 1800 s gloo). It must
+    # outlast the longest work the main process does alone (a Hub push: hub.push_timeout_s). Not part
+    # of a run's identity: a resumed run may set another.
+    process_timeout_s: float = 1800.0
     log_every: int = 50
 
 

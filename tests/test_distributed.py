@@ -1,0 +1,122 @@
+"""Launches of several processes that go wrong: a process that dies or hangs must end the launch within
+train.process_timeout_s, and the same command then resumes to the uninterrupted run's metrics."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ONE_THREAD, ROOT, SHARED_ARGS
+
+# a process of the launch that stops itself once ``target`` exists (need=0) or holds ``need`` PNGs:
+# rank ``victim`` only, with SIGKILL (it died) or SIGSTOP (it hangs)
+STOP_ONE_RANK = r"""
+import os, pathlib, signal, sys, threading, time
+victim, target, need, how = int(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+
+def watch():
+    while True:
+        count = len(list(target.glob("*.png"))) if target.is_dir() else 0
+        if (need == 0 and target.exists()) or (need and count >= need):
+            os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        time.sleep(0.01)
+
+if int(os.environ.get("RANK", "0")) == victim:
+    threading.Thread(target=watch, daemon=True).start()
+from chain_of_diffusion.cli import main
+sys.exit(main(sys.argv[5:]))
+"""
+
+STOP_POINTS = {
+    "inside-generate": ("gen_00/.tmp_samples", 10),
+    "inside-train": ("gen_01/.train_checkpoints/latest", 0),
+}
+
+
+def launch(out: Path, *, script: Path | None = None, script_args: tuple = (), timeout_s: float = 20,
+           limit_s: float = 600) -> tuple[subprocess.CompletedProcess, float]:
+    """``accelerate launch`` of 2 CPU processes of the shared run's chain into ``out``: (result, seconds)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script or ROOT / "scripts" / "chain.py"), *map(str, script_args), *SHARED_ARGS, f"output_dir={out}",
+           f"train.process_timeout_s={timeout_s}"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD})
+    return proc, time.monotonic() - start
+
+
+def stop_one_rank(tmp_path: Path, out: Path, point: str, how: str, timeout_s: float):
+    script = tmp_path / "stop_one_rank.py"
+    script.write_text(STOP_ONE_RANK)
+    rel, need = STOP_POINTS[point]
+    return launch(out, script=script, script_args=(1, out / rel, need, how), timeout_s=timeout_s)
+
+
+def check_resumes_to_the_uninterrupted_run(out: Path, finished_run: Path) -> None:
+    again, _ = launch(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout
+    assert (out / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
+    for g in (0, 1):
+        names = sorted(p.name for p in (finished_run / f"gen_{g:02d}" / "samples").iterdir())
+        assert names == sorted(p.name for p in (out / f"gen_{g:02d}" / "samples").iterdir())
+
+
+def test_a_process_killed_while_generating_ends_the_launch_and_the_run_resumes(finished_run: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc, seconds = stop_one_rank(tmp_path, out, "inside-generate", "kill", timeout_s=20)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode != 0, printed[-3000:]
+    assert seconds < 120, seconds  # start-up, the chain up to the kill, then at most the timeout and torchrun's grace
+    assert "rank      : 1" in printed and "Signal 9 (SIGKILL)" in printed, printed[-3000:]  # the launcher names it
+    assert not (out / "gen_00" / "samples").exists()
+    check_resumes_to_the_uninterrupted_run(out, finished_run)
+
+
+@pytest.mark.slow  # the default tier kills a process while generating (above)
+def test_a_process_killed_while_training_ends_the_launch_and_the_run_resumes(finished_run: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc, seconds = stop_one_rank(tmp_path, out, "inside-train", "kill", timeout_s=20)
+    assert proc.returncode != 0
+    assert seconds < 120, seconds
+    assert "rank      : 1" in proc.stdout + proc.stderr
+    assert not (out / "gen_01" / "model").exists()
+    check_resumes_to_the_uninterrupted_run(out, finished_run)
+
+
+@pytest.mark.slow
+def test_a_hung_process_stops_the_others_after_the_timeout(finished_run: Path, tmp_path: Path):
+    """A process that stops answering (SIGSTOP) is what a collective waits on: the other gives up after
+    train.process_timeout_s with one line saying so, not after torch's 30 minutes."""
+    out = tmp_path / "run"
+    proc, seconds = stop_one_rank(tmp_path, out, "inside-generate", "stop", timeout_s=15)
+    assert proc.returncode != 0
+    assert seconds < 15 + 120, seconds
+    assert "lost the others at a collective" in proc.stderr and "train.process_timeout_s=15" in proc.stderr, \
+        proc.stderr[-3000:]
+    check_resumes_to_the_uninterrupted_run(out, finished_run)
+
+
+def test_process_timeout_is_not_part_of_a_runs_identity_and_outlasts_a_push():
+    from chain_of_diffusion.config import ConfigError, fingerprint_dict, load_config
+
+    assert fingerprint_dict(load_config([], ["train.process_timeout_s=60"])) == fingerprint_dict(load_config([], []))
+    with pytest.raises(ConfigError, match=r"'train.process_timeout_s': 60 s, but .* hub.push_timeout_s=300"):
+        load_config([], ["train.process_timeout_s=60", "hub.repo_id=me/chain"])
+
+
+def test_the_package_takes_devices_only_from_accelerate():
+    """No torch.cuda.is_available() or .cuda() in the package: a process picking its own device puts every
+    process of a multi-GPU launch on GPU 0."""
+    offending = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "chain_of_diffusion").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if "cuda.is_available(" in line or ".cuda()" in line or "cuda.current_device(" in line]
+    assert not offending, offending
+
+
+def test_env_json_names_no_gpu_on_a_cpu_run(finished_run: Path):
+    assert json.loads((finished_run / "env.json").read_text())["cuda"] is None
