@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from chain_of_diffusion.config import ChainConfig, fingerprint_dict, to_yaml
-from chain_of_diffusion.errors import LaunchError
+from chain_of_diffusion.config import ChainConfig, diff_keys, fingerprint_dict, to_yaml
+from chain_of_diffusion.launch import (
+    check_launch,
+    check_same_everywhere,
+    check_shared_run_dir,
+    env_info,
+    process_group_kwargs,
+)
 from chain_of_diffusion.runs import (
     RunDir,
     RunDirError,
@@ -62,59 +63,6 @@ def _label(stage, generation: Optional[int]) -> str:
     return stage.name if generation is None else f"gen {generation} {stage.name}"
 
 
-def _env_info(accelerator) -> dict:
-    packages = {}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "datasets",
-                 "safetensors", "omegaconf", "open_clip_torch", "chain-of-diffusion"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    import torch
-
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": packages,
-        "device": str(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else None,
-        "git_commit": commit,
-    }
-
-
-def process_group_kwargs(cfg: ChainConfig):
-    """accelerate's process-group settings: a collective that waits longer than train.process_timeout_s
-    for another process (dead, or hung) raises instead of blocking for torch's default 10-30 min."""
-    from datetime import timedelta
-
-    from accelerate.utils import InitProcessGroupKwargs
-
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.process_timeout_s))
-
-
-def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
-    """Stop when a launcher started several processes that all believe they are rank 0, or when
-    the precision asked for cannot run on the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and accelerator.num_processes == 1:
-        raise LaunchError(
-            f"{world} processes were launched but accelerate sees 1 (each would run the whole chain "
-            "as rank 0); on a CPU machine launch with ACCELERATE_USE_CPU=1"
-        )
-    if cfg is not None and cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise LaunchError(
-            "train.mixed_precision=fp16 needs a CUDA GPU (CPU autocast has no fp16); use bf16 or no on a CPU"
-        )
-
-
 def _any_stage_finished(run: RunDir) -> bool:
     """Whether any stage's folder was committed in the run directory (under any config)."""
     from chain_of_diffusion.stages import REGISTRY
@@ -137,7 +85,7 @@ def _check_existing(run: RunDir, cfg: ChainConfig, say=None) -> None:
     # the package does not strand runs made before
     defaults = json.loads(json.dumps(fingerprint_dict(ChainConfig())))
     _auto_split_as_saved(run, saved, new)
-    diffs = sorted(_diff_keys(_with_defaults(saved, defaults), new))
+    diffs = sorted(diff_keys(_with_defaults(saved, defaults), new))
     if diffs and say is not None and not _any_stage_finished(run):
         say(f"{run.root}: no stage finished: the new config replaces the old (changed: {', '.join(diffs[:5])})")
         return
@@ -207,15 +155,6 @@ def _with_defaults(saved: dict, defaults: dict) -> dict:
     return out
 
 
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def metrics_table(rows: list[dict], keys: Optional[list[str]] = None) -> str:
     """A small fixed-width table of metrics per generation for the terminal."""
     from chain_of_diffusion.metrics.report import BOOKKEEPING, numeric_metrics
@@ -283,12 +222,14 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
     accelerator = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision,
                                              kwargs_handlers=[process_group_kwargs(cfg)])
     check_launch(accelerator, cfg)
+    check_same_everywhere(accelerator, cfg)
     main = accelerator.is_main_process
     run = RunDir(cfg.output_dir)
     ctx = StageContext(cfg, run, accelerator)
     say = echo if main else (lambda *a, **k: None)
     if not check_output_dir(run.root):
         return _show_read_only(run, cfg, say)
+    check_shared_run_dir(accelerator, run.root)
     if main:
         run.acquire_lock()
     try:
@@ -297,7 +238,7 @@ def run_chain(cfg: ChainConfig, accelerator=None, *, echo=print) -> ChainResult:
             _check_generations(run, cfg)
             atomic_write_text(run.config_path, to_yaml(cfg))
             atomic_write_json(run.root / "fingerprint.json", fingerprint_dict(cfg))
-            atomic_write_json(run.root / "env.json", _env_info(accelerator))
+            atomic_write_json(run.root / "env.json", env_info(accelerator))
             for stage in REGISTRY:  # e.g. push: a repo that holds another chain is refused here, before any work
                 if enabled(stage, cfg) and (line := on_start(stage, ctx)):
                     say(line)

@@ -182,3 +182,10 @@ def fingerprint_dict(cfg: ChainConfig) -> dict:
     d.pop("hub")
     d["train"].pop("process_timeout_s")  # how long to wait for a dead process changes no result
     return d
+
+
+def diff_keys(a, b, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (a missing key differs from any value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]

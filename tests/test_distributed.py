@@ -36,11 +36,20 @@ STOP_POINTS = {
 }
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(out: Path, *, script: Path | None = None, script_args: tuple = (), timeout_s: float = 20,
            limit_s: float = 600) -> tuple[subprocess.CompletedProcess, float]:
     """``accelerate launch`` of 2 CPU processes of the shared run's chain into ``out``: (result, seconds)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()),  # never a port a launch before this one may still hold
            str(script or ROOT / "scripts" / "chain.py"), *map(str, script_args), *SHARED_ARGS, f"output_dir={out}",
            f"train.process_timeout_s={timeout_s}"]
     start = time.monotonic()
@@ -58,7 +67,7 @@ def stop_one_rank(tmp_path: Path, out: Path, point: str, how: str, timeout_s: fl
 
 def check_resumes_to_the_uninterrupted_run(out: Path, finished_run: Path) -> None:
     again, _ = launch(out)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-8000:]
     assert "resuming" in again.stdout
     assert (out / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
     for g in (0, 1):
@@ -99,6 +108,59 @@ def test_a_hung_process_stops_the_others_after_the_timeout(finished_run: Path, t
     assert "lost the others at a collective" in proc.stderr and "train.process_timeout_s=15" in proc.stderr, \
         proc.stderr[-3000:]
     check_resumes_to_the_uninterrupted_run(out, finished_run)
+
+
+def two_nodes(out: str, args=((), ()), cwd=(ROOT, ROOT), limit_s: float = 600) -> list[subprocess.CompletedProcess]:
+    """Two "machines" of one CPU process each, as two launches on this one (127.0.0.1, gloo): node r
+    gets the shared run's arguments, then ``args[r]``, and runs in ``cwd[r]``."""
+    port, procs = free_port(), []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "scripts" / "chain.py"), *SHARED_ARGS, f"output_dir={out}", *args[rank]]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd[rank],
+                                      env={**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD}))
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=limit_s)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return done
+
+
+def test_two_machines_match_one_process(finished_run: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    nodes = two_nodes(str(out))
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    assert json.loads((out / "env.json").read_text())["num_processes"] == 2
+    assert (out / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
+    for g in (0, 1):
+        for png in sorted((finished_run / f"gen_{g:02d}" / "samples").glob("*.png")):
+            assert png.read_bytes() == (out / f"gen_{g:02d}" / "samples" / png.name).read_bytes(), png
+    assert not (out / ".processes").exists()
+
+
+def test_a_machine_with_another_config_stops_every_process(tmp_path: Path):
+    out = tmp_path / "run"
+    nodes = two_nodes(str(out), args=((), ("train.lr=0.5",)))
+    for node in nodes:
+        assert node.returncode != 0
+    said = nodes[0].stderr + nodes[1].stderr
+    assert "process 1 (on " in said and "runs another config or other packages than the main process: train.lr" in said
+    assert not (out / "gen_00").exists()
+
+
+def test_a_run_directory_the_machines_do_not_share_is_refused(tmp_path: Path):
+    """The same relative output_dir, launched from two working directories: two folders, as on two machines
+    without a shared file system."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    nodes = two_nodes("run", cwd=(tmp_path / "a", tmp_path / "b"))
+    for node in nodes:
+        assert node.returncode != 0
+    assert "is not on a file system every machine shares" in nodes[0].stderr + nodes[1].stderr
+    assert not (tmp_path / "a" / "run" / "gen_00").exists()
 
 
 def test_process_timeout_is_not_part_of_a_runs_identity_and_outlasts_a_push():
