@@ -204,6 +204,7 @@ def _resume_and_compare(out: Path, finished_run: Path) -> None:
             ).read_bytes(), f"gen {g} {name}"
 
 
+@pytest.mark.slow  # the default tier kills a process of a 2-process launch while generating and resumes (tests/test_distributed.py)
 def test_kill_at_every_kind_of_point_in_turn_then_resume_gives_identical_run(finished_run: Path, tmp_path: Path):
     """One run killed -9 three times (at a stage boundary, inside training, inside generation), each
     time resumed by a new process: it ends byte-identical to the uninterrupted shared run."""
@@ -214,7 +215,7 @@ def test_kill_at_every_kind_of_point_in_turn_then_resume_gives_identical_run(fin
     _resume_and_compare(out, finished_run)
 
 
-@pytest.mark.slow  # the default tier kills at each of these points in turn, in one run (above)
+@pytest.mark.slow  # each kill point alone (the test above kills at each in turn, in one run)
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_resume_after_kill_gives_identical_metrics(finished_run: Path, tmp_path: Path, kill_point: str):
     out = tmp_path / "run"
@@ -315,6 +316,7 @@ def _launch(out: Path, nproc: int, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
 
 
+@pytest.mark.slow  # the default tier runs 2 processes as two machines against the same run (tests/test_distributed.py)
 def test_two_processes_match_one_process_byte_for_byte(finished_run: Path, tmp_path):
     # the 1-process run is the shared one, made with 1 thread: bitwise equality needs equal per-process
     # thread counts, and torchrun gives each worker 1 thread
@@ -392,6 +394,7 @@ def test_run_made_before_a_new_config_key_still_resumes(finished_run: Path):
         path.write_text(original)
 
 
+@pytest.mark.slow  # the default tier checks the latent filter's embeddings, probes and top-n (tests/select/test_latent.py)
 def test_latent_filter_keeps_top_n_of_pooled_real_and_synthetic(tmp_path: Path):
     out = tmp_path / "run"
     proc = run_cli("--config", str(SMOKE), "--config", str(ROOT / "configs" / "mitigations" / "latent.yaml"),

@@ -99,7 +99,7 @@ def test_small_folder_with_the_default_split_runs_first_time(tmp_path):
     # what was read, on the terminal too (not only in log.txt): images, captions, skipped, the resize
     res = load_config([SMOKE]).data.resolution
     assert f"[real] imagefolder {folder}: 40 images, 4 distinct captions, 0 skipped, sides of 24 px resized to " \
-           f"{res}x{res}" in proc.stdout.splitlines()
+           f"{res}x{res}, trained as RGB (data.channels=auto)" in proc.stdout.splitlines()
     summary = json.loads((out / "real" / "summary.json").read_text())
     assert (summary["heldout"], summary["train"], summary["pool"]) == (8, 32, 0)
     assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["memorization"])

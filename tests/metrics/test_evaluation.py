@@ -54,6 +54,7 @@ def _features(path):
         return f.get_tensor("features"), f.metadata()
 
 
+@pytest.mark.slow  # the default tier checks the Inception metrics against torch-fidelity on folders (tests/metrics/test_inception.py)
 def test_stage_writes_inception_metrics_references_and_feature_caches(inception_run):
     rows = [json.loads(line) for line in (inception_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1]
@@ -70,6 +71,7 @@ def test_stage_writes_inception_metrics_references_and_feature_caches(inception_
         assert feats.shape == (16, 2048) and meta["space"] == "inception" and len(meta["image_set"]) == 16
 
 
+@pytest.mark.slow  # as above: the in-chain Inception run costs a minute on 1 thread
 def test_run_mode_reuses_the_cached_inception_features(inception_run, tmp_path):
     """scripts/evaluate.py recomputes fid/kid from the stage's cached features: the same numbers, and it
     never needs the weights (pointed at a missing file, it would fail if it loaded Inception)."""
@@ -103,7 +105,7 @@ def test_run_mode_reuses_the_cached_inception_features(inception_run, tmp_path):
     assert torch.allclose(_features(cache)[0], cached, atol=1e-4)
 
 
-# the default tier checks 2 processes against 1 byte for byte on the shared run (tests/test_chain.py)
+# the default tier checks 2 processes against 1 byte for byte on the shared run (tests/test_distributed.py)
 @pytest.mark.slow
 def test_two_processes_give_the_same_inception_features_and_metrics(inception_run, tmp_path, inception_weights):  # noqa: F811
     """Sharded extraction (each process its block, fixed 8-row batches, gathered) = one process, bit for bit.

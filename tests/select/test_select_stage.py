@@ -1,6 +1,7 @@
 """The select stage end to end: the issue's composition of presets on the Stable Diffusion LoRA
 backend (a random-weight tiny_sd pipeline), through the real entry point."""
 
+import pytest
 from conftest import ROOT, run_cli
 from safetensors.torch import load_file
 
@@ -22,6 +23,7 @@ def test_presets_compose_with_the_sd15_chain_and_pick_a_space_every_backend_has(
     assert selection_space(threshold) == "unet"
 
 
+@pytest.mark.slow  # the default tier runs greedy entropy on a chain (tests/test_chain.py) and LoRA chains (tests/test_lora_chain.py)
 def test_rediFine_and_greedy_presets_on_a_lora_chain(tmp_path, tiny_sd_pipeline):
     out = tmp_path / "run"
     proc = run_cli("--config", str(CONFIGS / "tiny_sd_lora.yaml"), *(a for p in PRESETS for a in ("--config", str(p))),
