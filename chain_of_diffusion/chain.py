@@ -330,6 +330,7 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
         run.fresh_tmp(generation, stage.folder)
     accelerator.wait_for_everyone()
     tmp = run.tmp_stage_path(generation, stage.folder)
+    work_started = time.perf_counter()
     try:
         summary = stage.run(ctx, generation, tmp) if main or stage.every_process else None
     except StagePending as pending:
@@ -355,7 +356,27 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
                 say(f"{where} {line}")
         if generation is not None:
             say(f"{where} done in {seconds:.0f}s")
+    work_s = time.perf_counter() - work_started
     accelerator.wait_for_everyone()
+    if generation is not None:
+        _record_timing(ctx, generation, stage.name, work_s, time.perf_counter() - work_started - work_s)
+
+
+def _record_timing(ctx, generation: int, stage: str, work_s: float, wait_s: float) -> None:
+    """``gen_XX/timing.json``: per stage, the seconds each process worked and then waited for the others at
+    the stage's end (a main-process-only stage is all wait elsewhere), and the idle share of the processes'
+    time: where a launch of many processes waits. Collected with one gather; the main process writes it."""
+    from accelerate.utils import gather_object
+
+    per_process = gather_object([(ctx.accelerator.process_index, round(work_s, 3), round(wait_s, 3))])
+    if not ctx.accelerator.is_main_process:
+        return
+    per_process = sorted(per_process)
+    work, wait = [w for _, w, _ in per_process], [w for _, _, w in per_process]
+    path = ctx.run.gen(generation) / "timing.json"
+    timing = read_json(path, {})
+    timing[stage] = {"work_s": work, "wait_s": wait, "idle_share": round(sum(wait) / max(sum(work) + sum(wait), 1e-9), 4)}
+    atomic_write_json(path, timing, indent=1, sort_keys=False)
 
 
 def _brief(summary) -> dict:

@@ -25,7 +25,7 @@ def test_run_directory_layout(finished_run: Path):
     for g in (0, 1):
         gen = finished_run / f"gen_{g:02d}"
         for name in ("train_set/metadata.jsonl", "model/unet/config.json", "samples/metadata.jsonl",
-                     "selected/metadata.jsonl", "metrics.json", "grid.png"):
+                     "selected/metadata.jsonl", "metrics.json", "grid.png", "timing.json"):
             assert (gen / name).is_file(), f"gen_{g:02d}/{name}"
         assert not (gen / ".train_checkpoints").exists()
         assert not list(gen.glob(".tmp_*"))
@@ -40,6 +40,9 @@ def test_run_directory_layout(finished_run: Path):
         assert f'src="{rel}"' in page and (finished_run / rel).is_file(), rel
     state = json.loads((finished_run / "state.json").read_text())
     assert state["finished"] is True and state["done"]["1"][-1] == "evaluate"
+    timing = json.loads((finished_run / "gen_00" / "timing.json").read_text())
+    assert timing["train"]["work_s"][0] > 0 and len(timing["train"]["wait_s"]) == 1
+    assert "processes idle" not in page  # one process: nothing to wait for
 
 
 def test_shared_run_writes_drift_and_precision_recall(finished_run: Path):

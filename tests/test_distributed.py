@@ -139,6 +139,14 @@ def test_two_machines_match_one_process(finished_run: Path, tmp_path: Path):
         for png in sorted((finished_run / f"gen_{g:02d}" / "samples").glob("*.png")):
             assert png.read_bytes() == (out / f"gen_{g:02d}" / "samples" / png.name).read_bytes(), png
     assert not (out / ".processes").exists()
+    # where the processes waited: per stage and process, the seconds worked and then waited for the others
+    timing = json.loads((out / "gen_01" / "timing.json").read_text())
+    assert set(timing) == {"mix", "train", "generate", "select", "evaluate"}
+    for stage in timing.values():
+        assert len(stage["work_s"]) == len(stage["wait_s"]) == 2 and 0 <= stage["idle_share"] <= 1
+    assert timing["mix"]["idle_share"] > 0.3  # the main process mixes alone: the other one waits
+    assert timing["mix"]["work_s"][0] >= timing["mix"]["work_s"][1]
+    assert "processes idle (waiting for the others)" in (out / "report.html").read_text()
 
 
 def test_a_machine_with_another_config_stops_every_process(tmp_path: Path):

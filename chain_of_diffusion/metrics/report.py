@@ -165,8 +165,27 @@ def _run_facts(run_dir: Path, rows: list[dict]) -> str:
             per_stage[stage] = per_stage.get(stage, 0.0) + seconds
     if per_stage:
         facts.append(("seconds per stage, all generations", ", ".join(f"{k} {v:.0f}" for k, v in per_stage.items())))
+    if env.get("num_processes", 1) > 1 and (idle := _idle_shares(run_dir)):
+        facts.append(("processes idle (waiting for the others), all generations",
+                      ", ".join(f"{k} {v:.0%}" for k, v in idle.items())))
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     return f'<table class="facts">{cells}</table>' if facts else ""
+
+
+def _idle_shares(run_dir: Path) -> dict[str, float]:
+    """Per stage, the share of all processes' time spent waiting for the others, over every
+    generation's ``timing.json`` (written by the chain)."""
+    work: dict[str, float] = {}
+    wait: dict[str, float] = {}
+    for path in sorted(run_dir.glob("gen_*/timing.json")):
+        try:
+            timing = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for stage, t in timing.items():
+            work[stage] = work.get(stage, 0.0) + sum(t.get("work_s", []))
+            wait[stage] = wait.get(stage, 0.0) + sum(t.get("wait_s", []))
+    return {k: wait[k] / (work[k] + wait[k]) for k in work if work[k] + wait[k] > 0}
 
 
 def _safe_filename(name: str) -> str:
