@@ -144,6 +144,12 @@ def pretraining_set(spec: BaseSpec):
     return images, [e.text for e in data.examples], [e.label for e in data.examples]
 
 
+# CPU threads a base is trained with, whatever the launcher set (accelerate launch gives each process 1):
+# float sums depend on the thread count, and a base trained another way is another draw of the base, with
+# other chain results (docs/results.md)
+BUILD_THREADS = 2
+
+
 def pretrain(spec: BaseSpec, folder: Path) -> dict:
     """Train the base of ``spec`` and move it to ``folder`` (which must not exist); resumes a build
     killed earlier from ``<folder>.partial``. Call it in a process of its own (it makes an
@@ -161,6 +167,7 @@ def pretrain(spec: BaseSpec, folder: Path) -> dict:
     from chain_of_diffusion.seeding import derive_seed
     from chain_of_diffusion.train import TrainData, train_denoiser
 
+    torch.set_num_threads(BUILD_THREADS)
     started = time.time()
     partial = folder.with_name(folder.name + ".partial")
     images, captions, _ = pretraining_set(spec)
@@ -194,7 +201,7 @@ def pretrain(spec: BaseSpec, folder: Path) -> dict:
     shutil.rmtree(staged, ignore_errors=True)
     save_model(model, staged)
     info = {"format": FORMAT, "spec": dataclasses.asdict(spec), "key": spec_key(spec),
-            "num_images": int(images.shape[0]), "final_loss": result.final_loss,
+            "num_images": int(images.shape[0]), "final_loss": result.final_loss, "threads": BUILD_THREADS,
             "train_seconds": round(result.seconds, 1), "build_seconds": round(time.time() - started, 1)}
     atomic_write_json(staged / INFO, info, indent=1, sort_keys=False)
     os.replace(staged, folder)

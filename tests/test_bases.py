@@ -38,6 +38,20 @@ def test_base_is_built_once_then_reused(tiny_base):
     assert said == [] and (tiny_base / INFO).stat().st_mtime_ns == before  # no second training
 
 
+def test_the_launchers_thread_count_does_not_change_the_base(tiny_base, tmp_path, monkeypatch):
+    """accelerate launch gives each process 1 CPU thread, python 2 here; float sums depend on it, so a base
+    trained with the launcher's count would be another base. It is trained with bases.BUILD_THREADS."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("CHAIN_OF_DIFFUSION_CACHE", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    other = ensure_base(spec_with(BASES["digits"], TINY_BASE), say=lambda _: None)
+    assert other != tiny_base and json.loads((other / INFO).read_text())["threads"] == 2
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(tiny_base / weights)), load_file(str(other / weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_changed_spec_is_another_base_and_a_stale_partial_build_is_never_loaded(tiny_base):
     spec = spec_with(BASES["digits"], [*TINY_BASE, "steps=8"])
     assert spec_key(spec) != spec_key(spec_with(BASES["digits"], TINY_BASE))
