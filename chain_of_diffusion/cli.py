@@ -66,6 +66,17 @@ def lost_peer(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and any(sign in str(err) for sign in signs))
 
 
+def leave_process_group() -> None:
+    """All processes leave the process group together before any exits. Over several machines the group's
+    store lives with machine 0's launcher, which exits once its own processes have: a process of another
+    machine still tearing its group down then waits 300 s for the store and aborts (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
@@ -108,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_base_name(cfg.model.pretrained):  # every process: one builds, the others wait for it
             ensure_base(spec_of(cfg.model.pretrained), say=print if rank == 0 else lambda _: None)
         run_chain(cfg)
+        leave_process_group()
         return 0
     except bad_input as err:
         logging.getLogger("chain_of_diffusion").exception("stopped")
