@@ -35,7 +35,9 @@ from typing import Optional
 from chain_of_diffusion.errors import ConfigError, ModelLoadError
 
 PREFIX = "base:"
-FORMAT = 2  # 2: trained with BUILD_THREADS whatever the launcher set. Bumped when what a spec builds changes: older folders are then refused, not loaded
+# bumped when what a spec builds changes: older folders are then refused, not loaded (2: trained with
+# BUILD_THREADS whatever the launcher set)
+FORMAT = 2
 INFO = "base.json"
 # accelerate launch's variables: a build started from a launched chain must be a process of its own
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

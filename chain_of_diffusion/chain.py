@@ -356,10 +356,10 @@ def _run_stage(ctx, stage, generation: Optional[int], state: dict, say) -> None:
                 say(f"{where} {line}")
         if generation is not None:
             say(f"{where} done in {seconds:.0f}s")
-    work_s = time.perf_counter() - work_started
+    work_ended = time.perf_counter()
     accelerator.wait_for_everyone()
     if generation is not None:
-        _record_timing(ctx, generation, stage.name, work_s, time.perf_counter() - work_started - work_s)
+        _record_timing(ctx, generation, stage.name, work_ended - work_started, time.perf_counter() - work_ended)
 
 
 def _record_timing(ctx, generation: int, stage: str, work_s: float, wait_s: float) -> None:

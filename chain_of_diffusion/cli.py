@@ -54,29 +54,6 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def lost_peer(err: BaseException) -> bool:
-    """Whether ``err`` is a collective that failed because another process of the launch died or hung
-    (gloo raises RuntimeError naming itself or the closed connection, NCCL torch.distributed.DistError)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        return False
-    import torch.distributed as dist
-
-    signs = ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out", "timed out")
-    return isinstance(err, getattr(dist, "DistError", ())) or (
-        isinstance(err, RuntimeError) and any(sign in str(err) for sign in signs))
-
-
-def leave_process_group() -> None:
-    """All processes leave the process group together before any exits. Over several machines the group's
-    store lives with machine 0's launcher, which exits once its own processes have: a process of another
-    machine still tearing its group down then waits 300 s for the store and aborts (SIGABRT)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
@@ -84,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from chain_of_diffusion.chain import planned_stages, run_chain
     from chain_of_diffusion.config import load_config, to_yaml
     from chain_of_diffusion.errors import BAD_INPUT as bad_input
+    from chain_of_diffusion.launch import leave_process_group, lost_peer
     from chain_of_diffusion.preflight import run_preflight
     from chain_of_diffusion.runs import RunDir, check_output_dir
     try:

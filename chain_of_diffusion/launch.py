@@ -48,6 +48,29 @@ def process_group_kwargs(cfg: ChainConfig):
     return InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.process_timeout_s))
 
 
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process of the launch died or hung
+    (gloo raises RuntimeError naming itself or the closed connection, NCCL torch.distributed.DistError)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    signs = ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer", "Timed out", "timed out")
+    return isinstance(err, getattr(dist, "DistError", ())) or (
+        isinstance(err, RuntimeError) and any(sign in str(err) for sign in signs))
+
+
+def leave_process_group() -> None:
+    """All processes leave the process group together before any exits. Over several machines the group's
+    store lives with machine 0's launcher, which exits once its own processes have: a process of another
+    machine still tearing its group down then waits 300 s for the store and aborts (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
     """Stop when a launcher started several processes that all believe they are rank 0, or when
     the precision asked for cannot run on the device."""

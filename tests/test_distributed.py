@@ -44,17 +44,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# 2 CPU processes with one thread each (as the shared run was made), on a port no earlier launch may still hold
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD}
+
+
+def accelerate_launch(machines: list[str], port: int, script: Path | None = None, args=()) -> list[str]:
+    """The ``accelerate launch`` command of 2 processes in all (``machines``: its machine options) running
+    ``script`` (the chain's) with ``args``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", *machines, "--num_processes", "2",
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(script or ROOT / "scripts" / "chain.py"), *map(str, args)]
+
+
 def launch(out: Path, *, script: Path | None = None, script_args: tuple = (), timeout_s: float = 20,
            limit_s: float = 600) -> tuple[subprocess.CompletedProcess, float]:
     """``accelerate launch`` of 2 CPU processes of the shared run's chain into ``out``: (result, seconds)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()),  # never a port a launch before this one may still hold
-           str(script or ROOT / "scripts" / "chain.py"), *map(str, script_args), *SHARED_ARGS, f"output_dir={out}",
-           f"train.process_timeout_s={timeout_s}"]
+    cmd = accelerate_launch(["--num_machines", "1"], free_port(), script,
+                            [*script_args, *SHARED_ARGS, f"output_dir={out}", f"train.process_timeout_s={timeout_s}"])
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT,
-                          env={**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env=ENV)
     return proc, time.monotonic() - start
 
 
@@ -115,12 +123,10 @@ def two_nodes(out: str, args=((), ()), cwd=(ROOT, ROOT), limit_s: float = 600) -
     gets the shared run's arguments, then ``args[r]``, and runs in ``cwd[r]``."""
     port, procs = free_port(), []
     for rank in (0, 1):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "scripts" / "chain.py"), *SHARED_ARGS, f"output_dir={out}", *args[rank]]
+        cmd = accelerate_launch(["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"],
+                                port, args=[*SHARED_ARGS, f"output_dir={out}", *args[rank]])
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd[rank],
-                                      env={**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD}))
+                                      env=ENV))
     done = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=limit_s)
