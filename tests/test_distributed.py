@@ -11,28 +11,35 @@ from pathlib import Path
 import pytest
 from conftest import ONE_THREAD, ROOT, SHARED_ARGS
 
-# a process of the launch that stops itself once ``target`` exists (need=0) or holds ``need`` PNGs:
-# rank ``victim`` only, with SIGKILL (it died) or SIGSTOP (it hangs)
+# a process of the launch that stops itself right after the call of ``hook`` ("module:function") that makes
+# ``target`` exist (need=0) or hold ``need`` PNGs: rank ``victim`` only, with SIGKILL (it died) or SIGSTOP (it
+# hangs). The check runs inside the hooked call, not in a watching thread: a thread that a loaded machine
+# schedules late saw the stage finish first and killed the process only after the stage was committed.
 STOP_ONE_RANK = r"""
-import os, pathlib, signal, sys, threading, time
-victim, target, need, how = int(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import importlib, os, pathlib, signal, sys
+victim, hook, target, need, how = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 
-def watch():
-    while True:
+def stopping(function):
+    def call(*args, **kwargs):
+        result = function(*args, **kwargs)
         count = len(list(target.glob("*.png"))) if target.is_dir() else 0
         if (need == 0 and target.exists()) or (need and count >= need):
             os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
-        time.sleep(0.01)
+        return result
+    return call
 
 if int(os.environ.get("RANK", "0")) == victim:
-    threading.Thread(target=watch, daemon=True).start()
+    module, name = hook.split(":")
+    module = importlib.import_module(module)
+    setattr(module, name, stopping(getattr(module, name)))
 from chain_of_diffusion.cli import main
-sys.exit(main(sys.argv[5:]))
+sys.exit(main(sys.argv[6:]))
 """
 
+# where a stop happens: (the hooked function, the path it waits for, how many PNGs it must hold)
 STOP_POINTS = {
-    "inside-generate": ("gen_00/.tmp_samples", 10),
-    "inside-train": ("gen_01/.train_checkpoints/latest", 0),
+    "inside-generate": ("chain_of_diffusion.generate:save_png", "gen_00/.tmp_samples", 10),
+    "inside-train": ("chain_of_diffusion.train:save_checkpoint", "gen_01/.train_checkpoints/latest", 0),
 }
 
 
@@ -69,8 +76,8 @@ def launch(out: Path, *, script: Path | None = None, script_args: tuple = (), ti
 def stop_one_rank(tmp_path: Path, out: Path, point: str, how: str, timeout_s: float):
     script = tmp_path / "stop_one_rank.py"
     script.write_text(STOP_ONE_RANK)
-    rel, need = STOP_POINTS[point]
-    return launch(out, script=script, script_args=(1, out / rel, need, how), timeout_s=timeout_s)
+    hook, rel, need = STOP_POINTS[point]
+    return launch(out, script=script, script_args=(1, hook, out / rel, need, how), timeout_s=timeout_s)
 
 
 def check_resumes_to_the_uninterrupted_run(out: Path, finished_run: Path) -> None:
