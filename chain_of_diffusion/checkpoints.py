@@ -3,6 +3,11 @@
 ``accelerate.save_state`` writes the model, optimizer and RNG states; the trainer's own state (step,
 loss log, LR schedule, EMA) goes beside it in ``trainer_state.pt``. A partial model (a LoRA) saves
 only its trainable parameters, not the gigabytes of the frozen base.
+
+Under FSDP (parameters sharded as DTensors) accelerate's saving would write the whole base, since its
+PEFT detection knows only ``PeftModel``: the chain saves the same two files itself there, the trainable
+parameters gathered whole and the optimizer state as one full state dict (torch.distributed.checkpoint),
+so a checkpoint holds the same weights whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -23,15 +28,45 @@ TRAINABLE_WEIGHTS = "trainable.safetensors"  # what a partial (LoRA) checkpoint 
 
 
 TRAINER_STATE = "trainer_state.pt"  # progress, LR schedule and EMA, beside accelerate's own files
+OPTIMIZER_STATE = "optimizer_full.pt"  # a sharded run's optimizer state, gathered whole
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_state: dict) -> None:
-    """Save to ``latest`` through a temp folder, so a kill mid-save keeps the previous one."""
+def is_sharded(params) -> bool:
+    """Whether FSDP sharded these parameters (FSDP2 makes every parameter a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in params)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The full value of a parameter or gradient, gathered from every process where FSDP sharded it
+    (a collective: every process calls it, in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _set_whole(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy a full value into a parameter, into this process's shard where FSDP sharded it."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements)
+    param.copy_(value)
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_state: dict,
+                    sharded: Optional[ShardedTraining] = None) -> None:
+    """Save to ``latest`` through a temp folder, so a kill mid-save keeps the previous one.
+    ``sharded``: what an FSDP run saves itself (see the module's docstring)."""
     tmp, latest, old = checkpoint_dir / "tmp", checkpoint_dir / "latest", checkpoint_dir / "old"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if sharded is None:
+        accelerator.save_state(str(tmp))
+    else:
+        sharded.save(accelerator, tmp)
     if accelerator.is_main_process:
         torch.save(trainer_state, tmp / TRAINER_STATE)
         usual_permissions(tmp)  # safetensors writes 0600: a checkpoint the user's group could not read
@@ -43,6 +78,50 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, trainer_stat
         if old.exists():
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, sharded: Optional[ShardedTraining] = None) -> dict:
+    """Restore the model and optimizer saved in ``folder``; return the trainer's own state."""
+    if sharded is None:
+        accelerator.load_state(str(folder))
+    else:
+        sharded.load(folder)
+    return load_trainer_state(folder)
+
+
+class ShardedTraining:
+    """The checkpoint of an FSDP run: its trainable parameters (``modules``: name -> network) whole, and the
+    optimizer's state as a full state dict keyed by parameter names (both the same for any process count)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer):
+        self.modules = torch.nn.ModuleDict(modules)  # one module over the networks, for the optimizer's names
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside accelerate's
+        self.names = [n for n, p in self.modules.named_parameters() if p.requires_grad]
+
+    def save(self, accelerator: Accelerator, folder: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = dict(self.modules.named_parameters())
+        weights = {n: whole(state[n].detach()).float().cpu().contiguous() for n in self.names}
+        optimizer = get_optimizer_state_dict(self.modules, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(weights, str(folder / TRAINABLE_WEIGHTS))
+            torch.save(optimizer, folder / OPTIMIZER_STATE)
+
+    def load(self, folder: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        loaded = load_file(str(folder / TRAINABLE_WEIGHTS))
+        if set(loaded) != set(self.names):
+            raise TrainingError(f"{folder}: checkpoint does not match the trainable parameters")
+        state = dict(self.modules.named_parameters())
+        with torch.no_grad():
+            for n in self.names:
+                _set_whole(state[n], loaded[n])
+        set_optimizer_state_dict(self.modules, self.optimizer, torch.load(folder / OPTIMIZER_STATE, weights_only=False),
+                                 options=StateDictOptions(full_state_dict=True))
 
 
 def load_trainer_state(folder: Path) -> dict:

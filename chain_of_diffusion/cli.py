@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from chain_of_diffusion.chain import planned_stages, run_chain
     from chain_of_diffusion.config import load_config, to_yaml
     from chain_of_diffusion.errors import BAD_INPUT as bad_input
+    from chain_of_diffusion.errors import LaunchError
     from chain_of_diffusion.launch import leave_process_group, lost_peer
     from chain_of_diffusion.preflight import run_preflight
     from chain_of_diffusion.runs import RunDir, check_output_dir
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         logging.getLogger("chain_of_diffusion").exception("stopped")
         print(f"chain.py: error: {err}", file=sys.stderr)
+        if isinstance(err, LaunchError):  # raised on every process at once: leave together (see above)
+            leave_process_group()
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("chain.py: interrupted; re-run the same command to resume", file=sys.stderr)

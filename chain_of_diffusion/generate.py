@@ -115,10 +115,11 @@ def generate_image_set(
     points = len(model.sample_shape) == 1  # a point denoiser: a vector set, not PNGs
     with accelerator.split_between_processes(requests) as mine:
         bar = progress_bar(accelerator, len(requests), desc)
-        # the main process's bar counts its own share scaled up: every process moves in step
+        # the main process's bar counts its own share scaled up (every process moves in step), up to the
+        # total: with more processes than requests the main process's share is more than its part
         step = max(1, accelerator.num_processes)
-        images = render(model, list(mine), cfg, progress=lambda n: bar.update(n * step), process=process,
-                        starts=starts)
+        images = render(model, list(mine), cfg, progress=lambda n: bar.update(min(n * step, len(requests) - bar.n)),
+                        process=process, starts=starts)
         bar.close()
         if points:
             shard = [(r["index"], images[k].float().numpy()) for k, r in enumerate(mine)]

@@ -71,6 +71,51 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator) that accelerate's FSDP and DeepSpeed can use."""
+    import torch
+
+    return bool(getattr(torch, "accelerator", None) and torch.accelerator.is_available())
+
+
+def shards_here() -> bool:
+    """Whether accelerate will honour an FSDP or DeepSpeed config in this launch: 1.16 takes them only on
+    accelerators (state.py), and on a CPU launch drops the plugin and runs plain DDP without a word."""
+    return not _env_flag("ACCELERATE_USE_CPU") and has_accelerator()
+
+
+def check_launcher(cfg: ChainConfig) -> None:
+    """What ``accelerate launch --config_file`` asked for (it tells the processes through ACCELERATE_USE_*),
+    checked before any work: FSDP and DeepSpeed where accelerate would not run them, DeepSpeed not installed,
+    and what the chain cannot do under them (a full finetune's FSDP-sharded save; a second trained module,
+    the text encoder's LoRA, which DeepSpeed's one-model prepare refuses)."""
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        if not shards_here():
+            raise LaunchError(
+                "the accelerate config asks for FSDP but this launch runs on CPU, where accelerate runs plain DDP "
+                "instead (it shards only on GPUs); launch with configs/accelerate/ddp.yaml here, fsdp.yaml on GPUs")
+        if cfg.train.mode != "lora":
+            raise LaunchError(f"train.mode={cfg.train.mode} under FSDP: the chain shards LoRA training only (its "
+                              "adapter is gathered and saved whole); launch a full finetune with ddp.yaml or "
+                              "deepspeed_zero2.yaml")
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        from importlib.util import find_spec
+
+        if find_spec("deepspeed") is None:
+            raise LaunchError("the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed "
+                              "(or launch with configs/accelerate/ddp.yaml or fsdp.yaml)")
+        if not shards_here():
+            raise LaunchError("the accelerate config asks for DeepSpeed, which needs a GPU; launch with "
+                              "configs/accelerate/ddp.yaml on a CPU machine")
+        if cfg.train.lora_text_encoder:
+            raise LaunchError("train.lora_text_encoder=true trains two modules, and DeepSpeed takes one per prepare(); "
+                              "train the UNet's LoRA only under DeepSpeed, or launch with fsdp.yaml or ddp.yaml")
+
+
 def check_launch(accelerator, cfg: Optional[ChainConfig] = None) -> None:
     """Stop when a launcher started several processes that all believe they are rank 0, or when
     the precision asked for cannot run on the device."""

@@ -31,8 +31,10 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
 from chain_of_diffusion.checkpoints import (
+    ShardedTraining,
+    is_sharded,
     latest_checkpoint,
-    load_trainer_state,
+    load_checkpoint,
     named_parameters,
     save_checkpoint,
     trainable_only_checkpoints,
@@ -241,6 +243,7 @@ class _Session:
     ema: Any = None
     progress: _Progress = field(default_factory=_Progress)
     hooks: list = field(default_factory=list)
+    sharded: Optional[ShardedTraining] = None  # FSDP: the checkpoints the chain saves itself
 
     def trainer_state(self) -> dict:
         state = {"progress": self.progress.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
@@ -260,6 +263,15 @@ def _as_process(process, objective: Optional[str], cfg: TrainConfig) -> Process:
     if hasattr(process, "training_pair"):
         return process
     return make_process(objective or "eps", process, snr_gamma=cfg.snr_gamma)
+
+
+def _size_deepspeed(accelerator: Accelerator, micro: int, accum: int, cfg: TrainConfig) -> None:
+    """DeepSpeed sizes its batches from a dataloader passed to prepare(), which the chain does not use
+    (it draws its own batches): give it the chain's micro-batch, accumulation and clipping instead."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum,
+                                       gradient_clipping=cfg.max_grad_norm)
 
 
 def _start(accelerator: Accelerator, unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module],
@@ -284,11 +296,18 @@ def _start(accelerator: Accelerator, unet: torch.nn.Module, text_encoder: Option
         model, text_model, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     else:
         (model, optimizer), text_model = accelerator.prepare(unet, optimizer), None
+    # FSDP replaced the parameters by sharded ones (and accelerate switched the optimizer to them)
+    params = [p for p in named_parameters(modules).values() if p.requires_grad]
     ema = None
     if cfg.ema_decay > 0:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(params, decay=cfg.ema_decay)
+    if is_sharded(params):
+        log.info("%s: FSDP shards the model over %d processes (%d trainable tensors)", desc,
+                 accelerator.num_processes, len(params))
+        return _Session(model, text_model, optimizer, lr_scheduler, params, ema,
+                        sharded=ShardedTraining(modules, optimizer))
     partial = len(params) < len(everything)
     hooks = trainable_only_checkpoints(accelerator, modules) if partial else []
     return _Session(model, text_model, optimizer, lr_scheduler, params, ema, hooks=hooks)
@@ -386,13 +405,13 @@ def train_denoiser(
     if data.strata is not None and any(count and not len(rows) for rows, count in data.strata):
         raise TrainingError(f"{desc}: a stratum that must give rows to every batch has no examples")
     micro, accum = micro_batch_layout(cfg.batch_size, cfg.micro_batch_size, accelerator.num_processes)
+    _size_deepspeed(accelerator, micro, accum, cfg)
     session = _start(accelerator, unet, text_encoder, cfg, desc)
     progress = session.progress
     net = adapter(session.model)
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        state = load_trainer_state(resume)
+        state = load_checkpoint(accelerator, resume, session.sharded)
         session.load_trainer_state(state)
         if data.refresh is not None and "given_noise" in state:  # as refreshed before the checkpoint
             data.noise = state["given_noise"]
@@ -426,7 +445,7 @@ def train_denoiser(
             state = session.trainer_state()
             if data.refresh is not None:  # made by weights a resumed run no longer has
                 state["given_noise"] = data.noise
-            save_checkpoint(accelerator, checkpoint_dir, state)
+            save_checkpoint(accelerator, checkpoint_dir, state, session.sharded)
     bar.close()
     return _finish(accelerator, session, unet, text_encoder, started, resumed_from)
 

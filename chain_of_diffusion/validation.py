@@ -268,6 +268,10 @@ def _validate_metrics(cfg: ChainConfig) -> None:
         )
     _at_least("metrics.classifier_steps", cfg.metrics.classifier_steps, 1)
     _at_least("metrics.entropy_k", cfg.metrics.entropy_k, 1)
+    if isinstance(cfg.data.num_train, int) and cfg.data.num_train <= cfg.metrics.entropy_k:
+        # the reference stage's k-NN entropy of the training set needs k + 1 points
+        raise ConfigError(f"config key 'data.num_train': {cfg.data.num_train} image(s) leave no k-NN entropy "
+                          f"(metrics.entropy_k={cfg.metrics.entropy_k} needs at least {cfg.metrics.entropy_k + 1})")
     _choice("metrics.features", cfg.metrics.features, ("classifier", "pixels"))
     _at_least("metrics.kid_subset_size", cfg.metrics.kid_subset_size, 2)
     _at_least("metrics.kid_subsets", cfg.metrics.kid_subsets, 1)

@@ -37,6 +37,47 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 SCHEMA_DEFAULTS = ["--config", str(ROOT / "configs" / "scratch" / "digits.yaml"), "train.condition_drop=0.0"]
 
 
+# accelerate launch of CPU processes with one thread each (as the shared run was made)
+LAUNCH_ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD}
+ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
+# prepended to a launched script: accelerate 1.16 takes an FSDP config only on accelerators (on CPU it drops
+# the plugin and runs DDP), so the script makes its CPU state FSDP's before the chain starts, as
+# accelerate's own state does on GPUs; from there accelerate's real FSDP2 code runs (fully_shard over gloo)
+FORCE_FSDP_ON_CPU = r"""
+import accelerate.state as _state
+from accelerate.utils import DistributedType as _Type
+import chain_of_diffusion.launch as _launch
+
+_launch.shards_here = lambda: True  # the chain refuses FSDP where accelerate would not shard
+_made = _state.AcceleratorState.__init__
+
+def _init(self, *args, fsdp_plugin=None, **kwargs):
+    _made(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == _Type.MULTI_CPU:
+        self.distributed_type = _Type.FSDP
+        self.fsdp_plugin = fsdp_plugin
+        _state.PartialState._shared_state["distributed_type"] = _Type.FSDP
+
+_state.AcceleratorState.__init__ = _init
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_command(launcher: list[str], port: int, script: Path | None = None, args=()) -> list[str]:
+    """The ``accelerate launch`` command of 2 processes in all (``launcher``: its other options, e.g.
+    --multi_gpu or --config_file) running ``script`` (the chain's) with ``args``, on ``port``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+            str(script or ROOT / "scripts" / "chain.py"), *map(str, args)]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run the real entry point, as a user would."""
     full_env = {**os.environ, **(env or {})}

@@ -2,14 +2,21 @@
 train.process_timeout_s, and the same command then resumes to the uninterrupted run's metrics."""
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_THREAD, ROOT, SHARED_ARGS
+import torch
+from conftest import (
+    ACCELERATE_CONFIGS,
+    FORCE_FSDP_ON_CPU,
+    LAUNCH_ENV,
+    ROOT,
+    SHARED_ARGS,
+    accelerate_command,
+    free_port,
+)
 
 # a process of the launch that stops itself right after the call of ``hook`` ("module:function") that makes
 # ``target`` exist (need=0) or hold ``need`` PNGs: rank ``victim`` only, with SIGKILL (it died) or SIGSTOP (it
@@ -43,41 +50,34 @@ STOP_POINTS = {
 }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# 2 CPU processes with one thread each (as the shared run was made), on a port no earlier launch may still hold
-ENV = {**os.environ, "ACCELERATE_USE_CPU": "1", **ONE_THREAD}
-
-
 def accelerate_launch(machines: list[str], port: int, script: Path | None = None, args=()) -> list[str]:
-    """The ``accelerate launch`` command of 2 processes in all (``machines``: its machine options) running
-    ``script`` (the chain's) with ``args``."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", *machines, "--num_processes", "2",
-            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-            str(script or ROOT / "scripts" / "chain.py"), *map(str, args)]
+    """``accelerate launch --multi_gpu`` (DDP) with the machine options ``machines``."""
+    return accelerate_command(["--multi_gpu", *machines], port, script, args)
+
+
+DDP = ("--multi_gpu", "--num_machines", "1")
 
 
 def launch(out: Path, *, script: Path | None = None, script_args: tuple = (), timeout_s: float = 20,
-           limit_s: float = 600) -> tuple[subprocess.CompletedProcess, float]:
-    """``accelerate launch`` of 2 CPU processes of the shared run's chain into ``out``: (result, seconds)."""
-    cmd = accelerate_launch(["--num_machines", "1"], free_port(), script,
-                            [*script_args, *SHARED_ARGS, f"output_dir={out}", f"train.process_timeout_s={timeout_s}"])
+           limit_s: float = 600, launcher=DDP, chain_args=SHARED_ARGS) -> tuple[subprocess.CompletedProcess, float]:
+    """``accelerate launch`` (``launcher``: its options) of 2 CPU processes of a chain (the shared run's
+    unless ``chain_args``) into ``out``: (result, seconds)."""
+    cmd = accelerate_command(list(launcher), free_port(), script,
+                             [*script_args, *chain_args, f"output_dir={out}", f"train.process_timeout_s={timeout_s}"])
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env=ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env=LAUNCH_ENV)
     return proc, time.monotonic() - start
 
 
-def stop_one_rank(tmp_path: Path, out: Path, point: str, how: str, timeout_s: float):
+def stop_one_rank(tmp_path: Path, out: Path, point: str, how: str, timeout_s: float, victim: int = 1,
+                  prelude: str = "", **launch_options):
+    """A launch in which process ``victim`` stops itself at ``point`` (no process with victim=-1); ``prelude``:
+    code the script runs first (FORCE_FSDP_ON_CPU)."""
     script = tmp_path / "stop_one_rank.py"
-    script.write_text(STOP_ONE_RANK)
+    script.write_text(prelude + STOP_ONE_RANK)
     hook, rel, need = STOP_POINTS[point]
-    return launch(out, script=script, script_args=(1, hook, out / rel, need, how), timeout_s=timeout_s)
+    return launch(out, script=script, script_args=(victim, hook, out / rel, need, how), timeout_s=timeout_s,
+                  **launch_options)
 
 
 def check_resumes_to_the_uninterrupted_run(out: Path, finished_run: Path) -> None:
@@ -133,7 +133,7 @@ def two_nodes(out: str, args=((), ()), cwd=(ROOT, ROOT), limit_s: float = 600) -
         cmd = accelerate_launch(["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"],
                                 port, args=[*SHARED_ARGS, f"output_dir={out}", *args[rank]])
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd[rank],
-                                      env=ENV))
+                                      env=LAUNCH_ENV))
     done = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=limit_s)
@@ -203,3 +203,32 @@ def test_the_package_takes_devices_only_from_accelerate():
 
 def test_env_json_names_no_gpu_on_a_cpu_run(finished_run: Path):
     assert json.loads((finished_run / "env.json").read_text())["cuda"] is None
+
+
+@pytest.mark.slow  # the default tier runs an FSDP chain (test_lora_chain.py)
+def test_an_fsdp_run_killed_while_training_resumes_to_the_same_adapters(tiny_sd_pipeline, tmp_path: Path):
+    """An FSDP chain's checkpoint (its own: the adapter gathered whole, the optimizer's full state dict)
+    resumes a run whose process died to the uninterrupted run's adapters, bit for bit."""
+    fsdp = {"prelude": FORCE_FSDP_ON_CPU, "launcher": ("--config_file", str(ACCELERATE_CONFIGS / "fsdp.yaml")),
+            "chain_args": ["--config", str(ROOT / "configs" / "tiny_sd_lora.yaml"),
+                           f"model.pretrained={tiny_sd_pipeline}", "data.num_train=24", "data.num_heldout=24",
+                           "train.steps=8", "train.checkpoint_every=4", "sample.steps=4",
+                           "metrics.features=pixels", "metrics.names=[memorization]"]}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc, _ = stop_one_rank(tmp_path, whole, "inside-train", "kill", timeout_s=20, victim=-1, **fsdp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = stop_one_rank(tmp_path, killed, "inside-train", "kill", timeout_s=20, **fsdp)
+    assert proc.returncode != 0 and (killed / "gen_01" / ".train_checkpoints" / "latest").is_dir()
+    assert not (killed / "gen_01" / "model").exists()
+    proc, _ = stop_one_rank(tmp_path, killed, "inside-train", "kill", timeout_s=20, victim=-1, **fsdp)
+    assert proc.returncode == 0 and "resuming" in proc.stdout, proc.stderr[-3000:]
+    assert "resumed from" in (killed / "log.txt").read_text()
+    from safetensors import safe_open
+
+    for g in (0, 1):  # not the bytes: safetensors writes its metadata's keys in a per-process hash order
+        name = f"gen_{g:02d}/model/pytorch_lora_weights.safetensors"
+        with safe_open(str(killed / name), "pt") as ours, safe_open(str(whole / name), "pt") as theirs:
+            assert ours.metadata() == theirs.metadata() and sorted(ours.keys()) == sorted(theirs.keys())
+            for key in theirs.keys():
+                assert torch.equal(ours.get_tensor(key), theirs.get_tensor(key)), (name, key)
+    assert (killed / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()

@@ -20,6 +20,7 @@ from diffusers.utils import (
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from chain_of_diffusion.checkpoints import whole
 from chain_of_diffusion.config import TrainConfig
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default weight name
@@ -64,21 +65,35 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    return {k: whole(v.detach()).float().cpu().contiguous() for k, v in state.items()}
 
 
-def save_lora(unet: UNet2DConditionModel, folder: str | Path, cfg: TrainConfig, text_encoder=None) -> Path:
-    """Write ``folder/pytorch_lora_weights.safetensors`` (UNet and, if given, text-encoder
-    adapters) with the adapter configs as metadata."""
-    extra = {}
+def lora_layers(unet: UNet2DConditionModel, text_encoder=None) -> dict[str, dict[str, torch.Tensor]]:
+    """The adapters' weights (the UNet's and, if given, the text encoder's), whole, on the CPU in fp32, as
+    ``save_lora_weights`` takes them. Where FSDP sharded them, gathering them is a collective: every
+    process calls this, and the main process saves."""
+    layers = {"unet_lora_layers": _cpu(lora_state_dict(unet))}
     if text_encoder is not None:
-        te_state = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER))
-        extra = {"text_encoder_lora_layers": _cpu(te_state),
-                 "text_encoder_lora_adapter_metadata": lora_config(cfg, text_encoder=True).to_dict()}
-    StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=_cpu(lora_state_dict(unet)), safe_serialization=True,
-        unet_lora_adapter_metadata=lora_config(cfg).to_dict(), **extra,
-    )
+        te_state = get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER)
+        layers["text_encoder_lora_layers"] = _cpu(convert_state_dict_to_diffusers(te_state))
+    return layers
+
+
+def _metadata(config: LoraConfig) -> dict:
+    """The adapter config as saved beside the weights, sets sorted: peft keeps target_modules as a set,
+    whose order changes with each interpreter's string hashing, so the same adapter was another file."""
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.to_dict().items()}
+
+
+def save_lora(unet: UNet2DConditionModel, folder: str | Path, cfg: TrainConfig, text_encoder=None,
+              layers: dict | None = None) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` (UNet and, if given, text-encoder
+    adapters) with the adapter configs as metadata. ``layers``: :func:`lora_layers`, where already gathered."""
+    layers = layers or lora_layers(unet, text_encoder)
+    metadata = {"unet_lora_adapter_metadata": _metadata(lora_config(cfg))}
+    if "text_encoder_lora_layers" in layers:
+        metadata["text_encoder_lora_adapter_metadata"] = _metadata(lora_config(cfg, text_encoder=True))
+    StableDiffusionPipeline.save_lora_weights(str(folder), safe_serialization=True, **layers, **metadata)
     return Path(folder) / LORA_WEIGHTS
 
 

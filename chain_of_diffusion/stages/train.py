@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from accelerate.utils import gather_object
 
+from chain_of_diffusion.checkpoints import is_sharded
 from chain_of_diffusion.data.imageset import image_path, load_images, read_metadata
 from chain_of_diffusion.generate import render
 from chain_of_diffusion.metrics.report import make_grid_image
@@ -22,7 +23,7 @@ from chain_of_diffusion.models.build import MAX_TOKENS, encode_captions, encode_
 from chain_of_diffusion.models.cache import EncodingCache, file_key, text_key
 from chain_of_diffusion.models.denoisers import unet_denoiser
 from chain_of_diffusion.models.load import process_for, training_model
-from chain_of_diffusion.models.lora import save_lora
+from chain_of_diffusion.models.lora import lora_layers, save_lora
 from chain_of_diffusion.reflow import REFLOW_POLICIES, give_pairs
 from chain_of_diffusion.requests import grid_scale
 from chain_of_diffusion.runs import atomic_write_json
@@ -58,9 +59,12 @@ class TrainStage:
         summary = {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses,
                    **pairs,
                    "resumed_from_step": result.resumed_from_step, "encoding_cache": cache_stats}
+        layers = None
+        if cfg.train.mode == "lora":  # every process: gathering an FSDP-sharded adapter is a collective
+            layers = lora_layers(model.unet, model.text_encoder if cfg.train.lora_text_encoder else None)
         if ctx.is_main:
-            if cfg.train.mode == "lora":
-                save_lora(model.unet, out, cfg.train, model.text_encoder if cfg.train.lora_text_encoder else None)
+            if layers is not None:
+                save_lora(model.unet, out, cfg.train, layers=layers)
             else:
                 save_model(model, out)
             atomic_write_json(out / "train_log.json", summary, indent=1, sort_keys=False)
@@ -145,9 +149,15 @@ def validation_hook(ctx: StageContext, generation: int, model, process):
         training = [net for net in (unet, model.text_encoder) if net.training]
         for net in training:
             net.eval()
+        # a sharded (FSDP) UNet gathers its weights in every forward, a collective: every process renders
+        # every prompt in step, and the main process's images are the grid
+        whole_set = is_sharded(unet.parameters())
         with accelerator.split_between_processes(requests) as mine, accelerator.autocast():
-            images = render(model, list(mine), cfg.sample, process=process) if mine else torch.empty(0)
+            mine = requests if whole_set else list(mine)
+            images = render(model, mine, cfg.sample, process=process) if mine else torch.empty(0)
             shard = [(r["index"], images[k].float().numpy()) for k, r in enumerate(mine)]
+            if whole_set and not accelerator.is_main_process:
+                shard = []
         for net in training:
             net.train()
         gathered = sorted(gather_object(shard), key=lambda item: item[0])

@@ -61,6 +61,22 @@ def test_save_read_and_load_round_trip(tiny_sd_pipeline, tmp_path):
     assert len(read_lora(tmp_path)) == len(saved)
 
 
+def test_the_same_adapter_is_the_same_file(tiny_sd_pipeline, tmp_path):
+    """The adapter config saved beside the weights lists its targets sorted: peft holds them in a set,
+    whose order changed with each interpreter's string hashing (an FSDP run resumed in new processes
+    wrote the same weights into another file)."""
+    import json
+
+    from safetensors import safe_open
+
+    model = _perturbed_adapter(tiny_sd_pipeline)
+    path = save_lora(model.unet, tmp_path, CFG)
+    with safe_open(str(path), "pt") as saved:
+        metadata = json.loads(saved.metadata()["lora_adapter_metadata"])
+    targets = metadata["unet.target_modules"]
+    assert targets == sorted(targets) and set(targets) == set(CFG.lora_target_modules)
+
+
 def test_saved_lora_loads_for_inference_with_its_alpha(tiny_sd_pipeline, tmp_path):
     model = _perturbed_adapter(tiny_sd_pipeline)
     save_lora(model.unet, tmp_path, CFG)
