@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from diffusers.optimization import get_scheduler
 
 from chain_of_diffusion.checkpoints import (
@@ -338,6 +339,9 @@ def _optimizer_step(session: _Session, process: Process, net: Denoiser, data: Tr
     all processes."""
     device = accelerator.device
     wrapped = [m for m in (session.model, session.text_model) if m is not None]
+    # DeepSpeed divides the loss by its accumulation steps itself and reduces gradients at its own boundary
+    # (ZeRO-2's engine refuses no_sync)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     step_loss = torch.zeros((), device=device)
     for m in range(accum):
         lo = (accelerator.process_index * accum + m) * micro
@@ -349,16 +353,16 @@ def _optimizer_step(session: _Session, process: Process, net: Denoiser, data: Tr
         noise = draws.noise[sl] if data.noise is None else data.noise[rows]
         x_t, target = process.training_pair(x1, noise.to(device), t)
         ctx = contextlib.ExitStack()
-        if m < accum - 1:  # gradients are all-reduced once per step, after the last micro-batch
+        if m < accum - 1 and not deepspeed:  # gradients are all-reduced once per step, after the last micro-batch
             for model in wrapped:
                 ctx.enter_context(accelerator.no_sync(model))
         with ctx, accelerator.autocast():
             if session.text_model is not None:
                 cond = session.text_model(cond)[0]
             pred = net(x_t, t, cond)
-            loss = mse_loss(pred, target, process.loss_weights(t)) / accum
-        accelerator.backward(loss)
-        step_loss += loss.detach()
+            loss = mse_loss(pred, target, process.loss_weights(t))
+        accelerator.backward(loss if deepspeed else loss / accum)
+        step_loss += loss.detach() / accum
     if cfg.max_grad_norm > 0:
         accelerator.clip_grad_norm_(session.params, cfg.max_grad_norm)
     return accelerator.reduce(step_loss, reduction="mean").item()
