@@ -70,10 +70,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def accelerate_command(launcher: list[str], port: int, script: Path | None = None, args=()) -> list[str]:
-    """The ``accelerate launch`` command of 2 processes in all (``launcher``: its other options, e.g.
-    --multi_gpu or --config_file) running ``script`` (the chain's) with ``args``, on ``port``."""
-    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
+def accelerate_command(launcher: list[str], port: int, script: Path | None = None, args=(),
+                       processes: int = 2) -> list[str]:
+    """The ``accelerate launch`` command of ``processes`` processes in all (``launcher``: its other options,
+    e.g. --multi_gpu or --config_file) running ``script`` (the chain's) with ``args``, on ``port``."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
             "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
             str(script or ROOT / "scripts" / "chain.py"), *map(str, args)]
 

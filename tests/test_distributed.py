@@ -205,6 +205,22 @@ def test_env_json_names_no_gpu_on_a_cpu_run(finished_run: Path):
     assert json.loads((finished_run / "env.json").read_text())["cuda"] is None
 
 
+@pytest.mark.slow  # the default tier runs every stage with 2 processes
+def test_more_processes_than_images_finish(tmp_path: Path):
+    """3 processes, 2 training images (so 2 samples to render and score): the process without an image
+    waits at each stage's end instead of hanging, and the progress line stops at its total."""
+    out = tmp_path / "run"
+    cmd = accelerate_command(list(DDP), free_port(), args=[
+        *SHARED_ARGS, f"output_dir={out}", "generations=1", "data.num_train=2", "data.num_heldout=8",
+        "train.batch_size=3", "train.micro_batch_size=1", "train.steps=2", "sample.steps=2",
+        "metrics.features=pixels", "metrics.names=[memorization]"], processes=3)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=LAUNCH_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "gen_00" / "samples").glob("*.png"))) == 2
+    assert "generate: 100% (2/2)" in proc.stderr
+    assert len(json.loads((out / "gen_00" / "timing.json").read_text())["generate"]["work_s"]) == 3
+
+
 @pytest.mark.slow  # the default tier runs an FSDP chain (test_lora_chain.py)
 def test_an_fsdp_run_killed_while_training_resumes_to_the_same_adapters(tiny_sd_pipeline, tmp_path: Path):
     """An FSDP chain's checkpoint (its own: the adapter gathered whole, the optimizer's full state dict)
