@@ -102,6 +102,10 @@ def check_launcher(cfg: ChainConfig) -> None:
             raise LaunchError(f"train.mode={cfg.train.mode} under FSDP: the chain shards LoRA training only (its "
                               "adapter is gathered and saved whole); launch a full finetune with ddp.yaml or "
                               "deepspeed_zero2.yaml")
+        if cfg.mix.refresh_real_pairs_every:
+            raise LaunchError("mix.refresh_real_pairs_every under FSDP: re-inverting the real pairs splits them over "
+                              "processes, which a sharded model (a collective in every forward) cannot do; launch "
+                              "RA Reflow with ddp.yaml")
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
         from importlib.util import find_spec
 

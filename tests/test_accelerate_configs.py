@@ -72,6 +72,9 @@ def test_what_the_chain_cannot_do_under_fsdp_or_deepspeed_is_named(monkeypatch, 
     launch_env("fsdp", monkeypatch)
     proc = cli(*SHARED_ARGS, f"output_dir={tmp_path / 'run'}")  # the smoke chain is a full finetune
     assert proc.returncode == 2 and "train.mode=full under FSDP" in proc.stderr, proc.stderr
+    proc = cli("--config", str(ROOT / "configs" / "scratch" / "flow_ra_reflow_digits.yaml"),
+               f"output_dir={tmp_path / 'run'}", "train.mode=lora", "train.init=base", "mix.refresh_real_pairs_every=2")
+    assert proc.returncode == 2 and "mix.refresh_real_pairs_every under FSDP" in proc.stderr, proc.stderr
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "deepspeed" else None)
