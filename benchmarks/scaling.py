@@ -91,16 +91,17 @@ def flops(args) -> None:
         return counter.get_total_flops() / 1e12
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="sd15"), 512, seed=0)
-    latent = torch.randn(2, 4, 64, 64)
-    text = torch.randn(2, 77, 768)
-    t = torch.tensor([500, 500])
+    dev = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    model = build_model(ModelConfig(arch="sd15"), 512, seed=0).to(dev)  # FLOPs are the same on any device
+    latent = torch.randn(2, 4, 64, 64, device=dev)
+    text = torch.randn(2, 77, 768, device=dev)
+    t = torch.tensor([500, 500], device=dev)
     with torch.no_grad():
         unet_cfg = count(lambda: model.unet(latent, t, text))  # one sampling step with CFG: 2 rows
         decode = count(lambda: model.vae.decode(latent[:1] / 0.18215))
-        encode = count(lambda: model.vae.encode(torch.randn(1, 3, 512, 512)))
-        inception = count(lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).eval()(
-            torch.randn(1, 3, 299, 299)))
+        encode = count(lambda: model.vae.encode(torch.randn(1, 3, 512, 512, device=dev)))
+        inception = count(lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).eval().to(dev)(
+            torch.randn(1, 3, 299, 299, device=dev)))
     cfg = TrainConfig(mode="lora", init="base", lora_rank=4)
     add_lora(model.unet, cfg, seed=0)
     lora = [p for p in model.unet.parameters() if p.requires_grad]
