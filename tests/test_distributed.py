@@ -230,6 +230,7 @@ def test_an_fsdp_run_killed_while_training_resumes_to_the_same_adapters(tiny_sd_
             "chain_args": ["--config", str(ROOT / "configs" / "tiny_sd_lora.yaml"),
                            f"model.pretrained={tiny_sd_pipeline}", "data.num_train=24", "data.num_heldout=24",
                            "train.steps=8", "train.checkpoint_every=4", "sample.steps=4",
+                           "train.micro_batch_size=4",  # 2 micro-batches per process: FSDP2's no_sync path
                            "metrics.features=pixels", "metrics.names=[memorization]"]}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc, _ = stop_one_rank(tmp_path, whole, "inside-train", "kill", timeout_s=20, victim=-1, **fsdp)
