@@ -9,7 +9,7 @@ the tiny_sd pipeline (made here, random weights) with the same config at each pr
 stage's ``gen_00/timing.json``: the stage's wall time (the slowest process's work plus wait), the speedup
 over the first process count, and the idle share (the part of all processes' time spent waiting for others).
 
-The FLOPs part counts, with torch's FlopCounterMode on the real SD 1.5 layout (random weights, CPU), the
+The FLOPs part counts, with torch's FlopCounterMode on the real SD 1.5 layout (random weights; on the GPU where there is one), the
 UNet forward at 64x64 latents (batch 2 for CFG), a LoRA training step (forward and backward, base frozen),
 the VAE decode and encode, and torchvision's Inception v3 at 299 px (the FID network's layout), plus the
 bytes of LoRA gradients that DDP all-reduces per step.
@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from measure import device, tflops_of
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("train", "generate", "evaluate")
@@ -49,7 +51,7 @@ def run_chain(processes: int, out: Path, pipeline: Path, images: int, cpu: bool)
 
 
 def scaling(args) -> None:
-    cpu = args.cpu or not _has_gpu()
+    cpu = args.cpu or device().type == "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Path(tmp) / "tiny_sd"
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_pipeline.py"), str(pipeline)],
@@ -70,37 +72,25 @@ def scaling(args) -> None:
                   + ("  (reference)" if n == first else ""))
 
 
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.accelerator.is_available()
-
-
 def flops(args) -> None:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
     from torchvision.models import inception_v3
 
     from chain_of_diffusion.config import ModelConfig, TrainConfig
     from chain_of_diffusion.models.build import build_model
     from chain_of_diffusion.models.lora import add_lora
 
-    def count(fn) -> float:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        return counter.get_total_flops() / 1e12
-
     torch.manual_seed(0)
-    dev = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else torch.device("cpu")
+    dev = device()
     model = build_model(ModelConfig(arch="sd15"), 512, seed=0).to(dev)  # FLOPs are the same on any device
     latent = torch.randn(2, 4, 64, 64, device=dev)
     text = torch.randn(2, 77, 768, device=dev)
     t = torch.tensor([500, 500], device=dev)
     with torch.no_grad():
-        unet_cfg = count(lambda: model.unet(latent, t, text))  # one sampling step with CFG: 2 rows
-        decode = count(lambda: model.vae.decode(latent[:1] / 0.18215))
-        encode = count(lambda: model.vae.encode(torch.randn(1, 3, 512, 512, device=dev)))
-        inception = count(lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).eval().to(dev)(
+        unet_cfg = tflops_of(lambda: model.unet(latent, t, text))  # one sampling step with CFG: 2 rows
+        decode = tflops_of(lambda: model.vae.decode(latent[:1] / 0.18215))
+        encode = tflops_of(lambda: model.vae.encode(torch.randn(1, 3, 512, 512, device=dev)))
+        inception = tflops_of(lambda: inception_v3(weights=None, aux_logits=False, init_weights=False).eval().to(dev)(
             torch.randn(1, 3, 299, 299, device=dev)))
     cfg = TrainConfig(mode="lora", init="base", lora_rank=4)
     add_lora(model.unet, cfg, seed=0)
@@ -109,7 +99,7 @@ def flops(args) -> None:
     def train_step():
         model.unet(latent[:1], t[:1], text[:1]).sample.square().mean().backward()
 
-    step = count(train_step)
+    step = tflops_of(train_step)
     print(f"SD 1.5 at 512 px (FlopCounterMode, TFLOPs per image): UNet step with CFG {unet_cfg:.3f}; "
           f"LoRA training step (forward + backward, base frozen) {step:.3f}; VAE decode {decode:.3f}, "
           f"encode {encode:.3f}; Inception v3 at 299 px {inception:.4f}")

@@ -94,16 +94,16 @@ class ShardedTraining:
     optimizer's state as a full state dict keyed by parameter names (both the same for any process count)."""
 
     def __init__(self, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer):
-        self.modules = torch.nn.ModuleDict(modules)  # one module over the networks, for the optimizer's names
+        self.modules = modules
+        self.names = trainable_names(modules)
+        self.network = torch.nn.ModuleDict(modules)  # one module over the networks, for the optimizer's names
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside accelerate's
-        self.names = [n for n, p in self.modules.named_parameters() if p.requires_grad]
 
     def save(self, accelerator: Accelerator, folder: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        state = dict(self.modules.named_parameters())
-        weights = {n: whole(state[n].detach()).float().cpu().contiguous() for n in self.names}
-        optimizer = get_optimizer_state_dict(self.modules, self.optimizer,
+        weights = trainable_weights(self.modules, self.names)
+        optimizer = get_optimizer_state_dict(self.network, self.optimizer,
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
@@ -113,14 +113,8 @@ class ShardedTraining:
     def load(self, folder: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        loaded = load_file(str(folder / TRAINABLE_WEIGHTS))
-        if set(loaded) != set(self.names):
-            raise TrainingError(f"{folder}: checkpoint does not match the trainable parameters")
-        state = dict(self.modules.named_parameters())
-        with torch.no_grad():
-            for n in self.names:
-                _set_whole(state[n], loaded[n])
-        set_optimizer_state_dict(self.modules, self.optimizer, torch.load(folder / OPTIMIZER_STATE, weights_only=False),
+        load_trainable_weights(self.modules, self.names, folder)
+        set_optimizer_state_dict(self.network, self.optimizer, torch.load(folder / OPTIMIZER_STATE, weights_only=False),
                                  options=StateDictOptions(full_state_dict=True))
 
 
@@ -145,26 +139,40 @@ def named_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.
     return {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters()}
 
 
+def trainable_names(modules: dict[str, torch.nn.Module]) -> list[str]:
+    return [n for n, p in named_parameters(modules).items() if p.requires_grad]
+
+
+def trainable_weights(modules: dict[str, torch.nn.Module], names: list[str]) -> dict[str, torch.Tensor]:
+    """The parameters ``names``, whole, on the CPU in fp32 (gathered where FSDP sharded them: a collective)."""
+    state = named_parameters(modules)
+    return {n: whole(state[n].detach()).float().cpu().contiguous() for n in names}
+
+
+def load_trainable_weights(modules: dict[str, torch.nn.Module], names: list[str], folder: str | Path) -> None:
+    """Copy a checkpoint's trainable weights into the parameters ``names`` (into each process's shard
+    where FSDP sharded them)."""
+    loaded = load_file(os.path.join(folder, TRAINABLE_WEIGHTS))
+    if set(loaded) != set(names):
+        raise TrainingError(f"{folder}: checkpoint does not match the trainable parameters")
+    state = named_parameters(modules)
+    with torch.no_grad():
+        for n in names:
+            _set_whole(state[n], loaded[n])
+
+
 def trainable_only_checkpoints(accelerator: Accelerator, modules: dict[str, torch.nn.Module]):
     """Save and load only the trainable parameters (a LoRA: megabytes, not the gigabytes of the
     frozen base) in accelerate checkpoints. Returns the hook handles."""
-    names = [n for n, p in named_parameters(modules).items() if p.requires_grad]
+    names = trainable_names(modules)
 
     def save_hook(models, weights, output_dir):
-        state = named_parameters(modules)
-        save_file({n: state[n].detach().float().cpu().contiguous() for n in names},
-                  os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        save_file(trainable_weights(modules, names), os.path.join(output_dir, TRAINABLE_WEIGHTS))
         weights.clear()  # accelerate writes nothing more for the models
 
     def load_hook(models, input_dir):
         models.clear()  # accelerate must not load a full state dict
-        loaded = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
-        state = named_parameters(modules)
-        if set(loaded) != set(names):
-            raise TrainingError(f"{input_dir}: checkpoint does not match the trainable parameters")
-        with torch.no_grad():
-            for n in names:
-                state[n].copy_(loaded[n])
+        load_trainable_weights(modules, names, input_dir)
 
     return [accelerator.register_save_state_pre_hook(save_hook),
             accelerator.register_load_state_pre_hook(load_hook)]

@@ -71,10 +71,6 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("true", "1", "yes")
-
-
 def has_accelerator() -> bool:
     """Whether torch sees a GPU (or another accelerator) that accelerate's FSDP and DeepSpeed can use."""
     import torch
@@ -85,15 +81,20 @@ def has_accelerator() -> bool:
 def shards_here() -> bool:
     """Whether accelerate will honour an FSDP or DeepSpeed config in this launch: 1.16 takes them only on
     accelerators (state.py), and on a CPU launch drops the plugin and runs plain DDP without a word."""
-    return not _env_flag("ACCELERATE_USE_CPU") and has_accelerator()
+    from accelerate.utils import parse_flag_from_env
+
+    return not parse_flag_from_env("ACCELERATE_USE_CPU") and has_accelerator()
 
 
-def check_launcher(cfg: ChainConfig) -> None:
+def check_accelerate_config(cfg: ChainConfig) -> None:
     """What ``accelerate launch --config_file`` asked for (it tells the processes through ACCELERATE_USE_*),
     checked before any work: FSDP and DeepSpeed where accelerate would not run them, DeepSpeed not installed,
-    and what the chain cannot do under them (a full finetune's FSDP-sharded save; a second trained module,
-    the text encoder's LoRA, which DeepSpeed's one-model prepare refuses)."""
-    if _env_flag("ACCELERATE_USE_FSDP"):
+    and what the chain cannot do under them (a full finetune's FSDP-sharded save; RA Reflow's re-inversion,
+    split over processes; a second trained module, the text encoder's LoRA, which DeepSpeed's one-model
+    prepare refuses)."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         if not shards_here():
             raise LaunchError(
                 "the accelerate config asks for FSDP but this launch runs on CPU, where accelerate runs plain DDP "
@@ -106,7 +107,7 @@ def check_launcher(cfg: ChainConfig) -> None:
             raise LaunchError("mix.refresh_real_pairs_every under FSDP: re-inverting the real pairs splits them over "
                               "processes, which a sharded model (a collective in every forward) cannot do; launch "
                               "RA Reflow with ddp.yaml")
-    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         from importlib.util import find_spec
 
         if find_spec("deepspeed") is None:

@@ -158,9 +158,9 @@ def _check_channels(cfg: ChainConfig, channels: int, name: str) -> None:
 def run_preflight(cfg: ChainConfig, origins: Optional[dict[str, str]] = None) -> None:
     """Every file/weights check of a chain config; raises a one-line ConfigError (or ModelLoadError).
     ``origins``: dotted key -> the config file that set it (:func:`~chain_of_diffusion.config.load_config`)."""
-    from chain_of_diffusion.launch import check_launcher
+    from chain_of_diffusion.launch import check_accelerate_config
 
-    check_launcher(cfg)
+    check_accelerate_config(cfg)
     check_model_files(cfg, (origins or {}).get("model.pretrained"))
     check_selection_weights(cfg)
     check_metric_weights(cfg.metrics, cfg.metrics.names, every_space=True)

@@ -9,33 +9,9 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from chain_of_diffusion import schema
 from chain_of_diffusion.errors import ConfigError
-from chain_of_diffusion.schema import (
-    ARCHS,
-    ATTENTION,
-    CHANNELS,
-    FLOW_SAMPLERS,
-    GUIDANCE_SCHEDULES,
-    HUB_PUSH_SAMPLES,
-    METRIC_NAMES,
-    MIX_POLICIES,
-    MIXED_PRECISION,
-    OBJECTIVES,
-    ON_ERROR,
-    OPTIMIZERS,
-    REAL_FRACTION_SCHEDULES,
-    SCHEDULERS,
-    SELECT_FEATURES,
-    SELECT_METHODS,
-    T_SAMPLINGS,
-    TRAIN_INITS,
-    TRAIN_MODES,
-    VECTOR_ARCHS,
-    VECTOR_SOURCES,
-    ChainConfig,
-    DataConfig,
-    has_labels,
-)
+from chain_of_diffusion.schema import ChainConfig, DataConfig, has_labels
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -89,8 +65,8 @@ def _validate_data(cfg: ChainConfig) -> None:
     from chain_of_diffusion.data.sources import SOURCES  # the registry; imports no torch, PIL, numpy
 
     _choice("data.source", d.source, tuple(SOURCES))
-    _choice("data.on_error", d.on_error, ON_ERROR)
-    _choice("data.channels", d.channels, CHANNELS)
+    _choice("data.on_error", d.on_error, schema.ON_ERROR)
+    _choice("data.channels", d.channels, schema.CHANNELS)
     _at_least("data.resolution", d.resolution, 4)
     _count_or_auto("data.num_train", d.num_train, 1, allow_none=True)
     _count_or_auto("data.num_heldout", d.num_heldout, 2)
@@ -103,8 +79,8 @@ def _validate_data(cfg: ChainConfig) -> None:
 def _validate_model(cfg: ChainConfig) -> None:
     """model.*"""
     m = cfg.model
-    _choice("model.arch", m.arch, ARCHS)
-    _choice("model.objective", m.objective, OBJECTIVES)
+    _choice("model.arch", m.arch, schema.ARCHS)
+    _choice("model.objective", m.objective, schema.OBJECTIVES)
     _at_least("model.num_train_timesteps", m.num_train_timesteps, 2)
     if m.pretrained is not None and not str(m.pretrained).strip():
         raise ConfigError("config key 'model.pretrained': empty; give a pipeline folder, a Hub id, or null")
@@ -114,8 +90,8 @@ def _validate_train(cfg: ChainConfig) -> None:
     """train.*"""
     m = cfg.model
     t = cfg.train
-    _choice("train.mode", t.mode, TRAIN_MODES)
-    _choice("train.init", t.init, TRAIN_INITS)
+    _choice("train.mode", t.mode, schema.TRAIN_MODES)
+    _choice("train.init", t.init, schema.TRAIN_INITS)
     if t.mode == "lora" and t.init == "scratch":
         raise ConfigError(
             "config key 'train.init': 'scratch' cannot be combined with train.mode=lora "
@@ -125,7 +101,7 @@ def _validate_train(cfg: ChainConfig) -> None:
         raise ConfigError(
             "config key 'train.init': 'scratch' would ignore model.pretrained; use base or previous"
         )
-    _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    _choice("train.optimizer", t.optimizer, schema.OPTIMIZERS)
     if not 0.0 <= t.lora_dropout < 1.0:
         raise ConfigError(f"config key 'train.lora_dropout': must be in [0, 1), got {t.lora_dropout}")
     _at_least("train.lora_alpha", t.lora_alpha, 1, allow_none=True)
@@ -136,7 +112,7 @@ def _validate_train(cfg: ChainConfig) -> None:
     if t.snr_gamma is not None and t.snr_gamma <= 0:
         raise ConfigError(f"config key 'train.snr_gamma': must be > 0 or null, got {t.snr_gamma}")
     _at_least("train.noise_offset", t.noise_offset, 0.0)
-    _choice("train.t_sampling", t.t_sampling, T_SAMPLINGS)
+    _choice("train.t_sampling", t.t_sampling, schema.T_SAMPLINGS)
     if t.dae_sigma <= 0:
         raise ConfigError(f"config key 'train.dae_sigma': must be > 0, got {t.dae_sigma}")
     if t.snr_gamma is not None and m.objective not in ("eps", "v"):
@@ -145,8 +121,8 @@ def _validate_train(cfg: ChainConfig) -> None:
     _at_least("train.validation_every", t.validation_every, 0)
     if t.validation_every > 0 and not t.validation_prompts:
         raise ConfigError("config key 'train.validation_prompts': empty while train.validation_every > 0")
-    _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    _choice("train.attention", t.attention, ATTENTION)
+    _choice("train.mixed_precision", t.mixed_precision, schema.MIXED_PRECISION)
+    _choice("train.attention", t.attention, schema.ATTENTION)
     _at_least("train.steps", t.steps, 1)
     _at_least("train.batch_size", t.batch_size, 1)
     _at_least("train.micro_batch_size", t.micro_batch_size, 1, allow_none=True)
@@ -172,13 +148,13 @@ def _validate_sample(cfg: ChainConfig) -> None:
     s = cfg.sample
     _at_least("sample.num_images", s.num_images, 1, allow_none=True)
     _at_least("sample.steps", s.steps, 1)
-    _choice("sample.scheduler", s.scheduler, SCHEDULERS)
-    if cfg.model.objective == "flow" and s.scheduler not in FLOW_SAMPLERS:
+    _choice("sample.scheduler", s.scheduler, schema.SCHEDULERS)
+    if cfg.model.objective == "flow" and s.scheduler not in schema.FLOW_SAMPLERS:
         raise ConfigError(f"config key 'sample.scheduler': {s.scheduler!r} is a DDPM sampler; model.objective=flow "
-                          f"integrates its ODE with {' or '.join(FLOW_SAMPLERS)}")
+                          f"integrates its ODE with {' or '.join(schema.FLOW_SAMPLERS)}")
     _at_least("sample.guidance_scale", s.guidance_scale, 0.0)
     _at_least("sample.guidance_end", s.guidance_end, 0.0)
-    _choice("sample.guidance_schedule", s.guidance_schedule, GUIDANCE_SCHEDULES)
+    _choice("sample.guidance_schedule", s.guidance_schedule, schema.GUIDANCE_SCHEDULES)
     _choice("sample.start", s.start, ("noise", "train_set"))
     if s.start == "train_set" and cfg.model.objective != "dae":
         raise ConfigError(f"config key 'sample.start': starting from the training examples is the DAE chain's "
@@ -194,7 +170,7 @@ def _validate_sample(cfg: ChainConfig) -> None:
 def _validate_mix(cfg: ChainConfig) -> None:
     """mix.*"""
     x = cfg.mix
-    _choice("mix.policy", x.policy, MIX_POLICIES)
+    _choice("mix.policy", x.policy, schema.MIX_POLICIES)
     _in_unit_interval("mix.real_fraction", x.real_fraction)
     if x.policy in ("reflow", "ra_reflow"):
         if cfg.model.objective != "flow":
@@ -213,7 +189,7 @@ def _validate_mix(cfg: ChainConfig) -> None:
     if x.refresh_real_pairs_every is not None and x.policy != "ra_reflow":
         raise ConfigError("config key 'mix.refresh_real_pairs_every': only mix.policy=ra_reflow has real pairs "
                           "to re-invert")
-    _choice("mix.real_fraction_schedule", x.real_fraction_schedule, REAL_FRACTION_SCHEDULES)
+    _choice("mix.real_fraction_schedule", x.real_fraction_schedule, schema.REAL_FRACTION_SCHEDULES)
     _at_least("mix.num_images", x.num_images, 1, allow_none=True)
 
 
@@ -221,9 +197,9 @@ def _validate_select(cfg: ChainConfig) -> None:
     """select.*"""
     m = cfg.model
     sel = cfg.select
-    _choice("select.method", sel.method, SELECT_METHODS)
+    _choice("select.method", sel.method, schema.SELECT_METHODS)
     _at_least("select.oversample", sel.oversample, 1.0)
-    _choice("select.features", sel.features, SELECT_FEATURES)
+    _choice("select.features", sel.features, schema.SELECT_FEATURES)
     _at_least("select.pass_size", sel.pass_size, 1, allow_none=True)
     space = selection_space(cfg)
     _at_least("select.latent_k", sel.latent_k, 1)
@@ -252,11 +228,11 @@ def _validate_select(cfg: ChainConfig) -> None:
 def _validate_metrics(cfg: ChainConfig) -> None:
     """metrics.* (the names and values; weights: preflight.py)"""
     for name in cfg.metrics.names:
-        if name not in METRIC_NAMES:
+        if name not in schema.METRIC_NAMES:
             raise ConfigError(
-                f"config key 'metrics.names': unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}"
+                f"config key 'metrics.names': unknown metric {name!r}; known: {', '.join(schema.METRIC_NAMES)}"
             )
-    if cfg.metrics.features == "classifier" and not has_labels(cfg.data) and cfg.data.source not in VECTOR_SOURCES:
+    if cfg.metrics.features == "classifier" and not has_labels(cfg.data) and cfg.data.source not in schema.VECTOR_SOURCES:
         raise ConfigError(
             f"config key 'metrics.features': 'classifier' needs class labels and data.source={cfg.data.source} "
             "has none; use metrics.features=pixels (or set data.label_column)"
@@ -304,7 +280,7 @@ def _validate_hub(cfg: ChainConfig) -> None:
         if not _HUB_REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or len(repo.split("/")[1]) > 96:
             raise ConfigError(f"config key 'hub.repo_id': {repo!r} is not a Hub repo id; give namespace/name "
                               "(e.g. my-name/digits-chain)")
-    _choice("hub.push_samples", h.push_samples, HUB_PUSH_SAMPLES)
+    _choice("hub.push_samples", h.push_samples, schema.HUB_PUSH_SAMPLES)
     if h.push_timeout_s <= 0:
         raise ConfigError(f"config key 'hub.push_timeout_s': must be > 0 seconds, got {h.push_timeout_s}")
 
@@ -316,7 +292,7 @@ IMAGE_ONLY_METRICS = ("fid_inception", "kid_inception", "fd_clip", "clip_score",
 
 def vector_dim(data: DataConfig) -> Optional[int]:
     """The dimension of a vector source's points; None for image sources."""
-    if data.source not in VECTOR_SOURCES:
+    if data.source not in schema.VECTOR_SOURCES:
         return None
     return 2 if data.source == "gmm" else data.vectors.dim
 
@@ -324,13 +300,13 @@ def vector_dim(data: DataConfig) -> Optional[int]:
 def _validate_vectors(cfg: ChainConfig) -> None:
     """data.source gaussian | gmm with model.arch mlp | linear, and what does not apply to vectors."""
     d, m, v = cfg.data, cfg.model, cfg.data.vectors
-    vectors = d.source in VECTOR_SOURCES
-    if vectors != (m.arch in VECTOR_ARCHS):
+    vectors = d.source in schema.VECTOR_SOURCES
+    if vectors != (m.arch in schema.VECTOR_ARCHS):
         raise ConfigError(
-            f"config key 'model.arch': data.source={d.source} gives points; use model.arch={' or '.join(VECTOR_ARCHS)}"
+            f"config key 'model.arch': data.source={d.source} gives points; use model.arch={' or '.join(schema.VECTOR_ARCHS)}"
             if vectors else
             f"config key 'model.arch': {m.arch} denoises points, but data.source={d.source} gives images "
-            f"(use data.source={' or '.join(VECTOR_SOURCES)}, or an image arch)")
+            f"(use data.source={' or '.join(schema.VECTOR_SOURCES)}, or an image arch)")
     if not vectors:
         return
     _at_least("data.vectors.dim", v.dim, 1)

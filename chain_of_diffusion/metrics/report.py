@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from chain_of_diffusion.runs import atomic_replace
+from chain_of_diffusion.runs import atomic_replace, read_json
 
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
@@ -178,11 +178,7 @@ def _idle_shares(run_dir: Path) -> dict[str, float]:
     work: dict[str, float] = {}
     wait: dict[str, float] = {}
     for path in sorted(run_dir.glob("gen_*/timing.json")):
-        try:
-            timing = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        for stage, t in timing.items():
+        for stage, t in read_json(path, {}).items():
             work[stage] = work.get(stage, 0.0) + sum(t.get("work_s", []))
             wait[stage] = wait.get(stage, 0.0) + sum(t.get("wait_s", []))
     return {k: wait[k] / (work[k] + wait[k]) for k in work if work[k] + wait[k] > 0}
